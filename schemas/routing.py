@@ -1,0 +1,99 @@
+"""What the router decided and what it publishes: `RoutingDecision` and `RoutedTicket`.
+
+Owns the outbound contracts for queue and triage topics. No I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.ticket import Ticket
+
+
+class Disposition(StrEnum):
+    """Where a decided ticket went."""
+
+    ROUTED = "routed"
+    TRIAGE = "triage"
+
+
+class TriageReason(StrEnum):
+    """Why a ticket went to human triage instead of its queue."""
+
+    LOW_CONFIDENCE = "low_confidence"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+class RoutingDecision(BaseModel):
+    """The expert's answer for one ticket.
+
+    Attributes:
+        queue: the most probable queue (always a taxonomy queue name); for a ticket that
+            missed its deadline, None.
+        confidence: probability of `queue`, normalised over the taxonomy's labels.
+        probabilities: probability of every queue; sums to 1.
+        model_id: the expert's identifier (model card name + hash).
+        adapter_id: the LoRA adapter that answered, if any.
+        engine_latency_s: time from submission to the engine until its answer.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue: str | None
+    confidence: float = Field(ge=0.0, le=1.0)
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    model_id: str
+    adapter_id: str | None = None
+    engine_latency_s: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _probabilities_are_a_distribution(self) -> Self:
+        if self.probabilities:
+            total = math.fsum(self.probabilities.values())
+            if not math.isclose(total, 1.0, abs_tol=1e-3):
+                raise ValueError(f"probabilities: must sum to 1, got {total:.6f}")
+            if self.queue is not None and self.queue not in self.probabilities:
+                raise ValueError(f"queue: {self.queue!r} has no probability")
+        return self
+
+
+class RoutedTicket(BaseModel):
+    """A ticket with its decision, as published to a queue topic or the triage topic.
+
+    Attributes:
+        ticket: the canonical ticket.
+        decision: the expert's decision.
+        disposition: routed to its queue, or sent to triage.
+        triage_reason: why it went to triage (None when routed).
+        topic: the topic it was published to.
+        source_topic, source_partition, source_offset: the inbound record it came from.
+        received_at: when the worker read it from Kafka.
+        decided_at: when the engine answered.
+        published_at: when the worker handed it to the producer.
+        enqueued_at: the inbound record's Kafka timestamp, when the broker gave one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ticket: Ticket
+    decision: RoutingDecision
+    disposition: Disposition
+    triage_reason: TriageReason | None = None
+    topic: str
+    source_topic: str
+    source_partition: int = Field(ge=0)
+    source_offset: int = Field(ge=0)
+    enqueued_at: AwareDatetime | None = None
+    received_at: AwareDatetime
+    decided_at: AwareDatetime
+    published_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _triage_has_reason(self) -> Self:
+        if (self.disposition is Disposition.TRIAGE) != (self.triage_reason is not None):
+            raise ValueError("triage_reason: required exactly when disposition is 'triage'")
+        return self

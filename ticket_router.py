@@ -1,0 +1,32 @@
+"""The `ticket-router` console script: mounts each package's Typer app as a command group.
+
+Nothing imports this module. Each package owns its commands in its own `cli.py`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from expert.cli import app as expert_app
+from loadgen.cli import app as loadgen_app
+from loadgen.cli import demo
+from schemas.cli import app as schemas_app
+from worker.cli import bench_app, broker_app, topics_app, worker
+
+app = typer.Typer(
+    name="ticket-router",
+    help="Streaming IT-ticket router: Kafka in, vLLM expert, per-queue topics out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(expert_app, name="expert")
+app.add_typer(loadgen_app, name="loadgen")
+app.add_typer(bench_app, name="bench")
+app.command("worker")(worker)
+app.command("demo")(demo)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The streaming worker: Kafka in, the expert engine, per-queue topics out."""
