@@ -132,7 +132,9 @@ class Taxonomy(BaseModel):
         except yaml.YAMLError as exc:
             raise TaxonomyError(f"{source}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
-            raise TaxonomyError(f"{source}: expected a mapping with 'queues', got {type(data).__name__}")
+            raise TaxonomyError(
+                f"{source}: expected a mapping with 'queues', got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

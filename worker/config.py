@@ -1,0 +1,156 @@
+"""The worker's settings: the only place the environment is read.
+
+Precedence: CLI flags > environment (`ROUTER_` prefix, `__` between nested names) > an
+optional YAML file (`--config` / `ROUTER_CONFIG_FILE`) > defaults. Built once in the CLI
+and passed down explicitly; nothing else reads `os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from expert.engine import EngineConfig
+
+# librdkafka settings the pipeline's correctness depends on; a user value is overridden.
+ENFORCED_CONSUMER = {
+    "enable.auto.commit": "false",
+    "enable.auto.offset.store": "false",
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+ENFORCED_PRODUCER = {"enable.idempotence": "true", "acks": "all"}
+
+
+class KafkaSettings(BaseModel):
+    """Where the tickets come from and go to.
+
+    Attributes:
+        bootstrap_servers: HOST:PORT[,HOST:PORT...] of any Kafka-protocol broker.
+        group_id: consumer group shared by every worker of one deployment.
+        source_format: force one ITSM format for the inbound topic (else detected per record).
+        session_timeout_ms: group session timeout; a short one makes joins fast.
+        commit_interval_s: how often committable offsets are committed.
+        security_protocol, sasl_mechanism, sasl_username, sasl_password, ssl_ca_location:
+            passed to librdkafka as `security.protocol`, `sasl.*`, `ssl.ca.location`.
+        extra: any other librdkafka setting, passed through to both clients.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "ticket-router"
+    source_format: Literal["servicenow", "jira", "zendesk", "canonical"] | None = None
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def common_config(self) -> dict[str, str]:
+        """librdkafka settings shared by consumer and producer (secrets in clear: never log)."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class RoutingSettings(BaseModel):
+    """How decisions become destinations.
+
+    Attributes:
+        confidence_threshold: below it a ticket goes to human triage.
+        deadline_s: a ticket the engine has not answered within this time goes to triage.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    deadline_s: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the worker needs, validated before anything connects."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        yaml_file=None,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    engine: EngineConfig = EngineConfig(model_dir=Path(".state/models/default-expert"))
+    metrics: MetricsSettings = MetricsSettings()
+    routing: RoutingSettings = RoutingSettings()
+    taxonomy_path: Path | None = None
+    max_in_flight: int = Field(default=256, ge=1)
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console", "auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _grace_fits_poll_interval(self) -> Self:
+        if self.shutdown_grace_s * 1000 >= self.kafka.max_poll_interval_ms:
+            raise ValueError("shutdown_grace_s must be shorter than kafka.max_poll_interval_ms")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = os.environ.get("ROUTER_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_path)))
+        return tuple(sources)
+
+
+def load_settings(*, config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: `overrides` (CLI flags that were given) win over env and file."""
+    if config_file is not None:
+        os.environ["ROUTER_CONFIG_FILE"] = str(config_file)
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings for the start-up log, secrets masked."""
+    return settings.model_dump(mode="json")  # SecretStr dumps as '**********'

@@ -1,0 +1,399 @@
+"""The only module that imports `confluent_kafka`: admin calls, the Source and the Publisher.
+
+`Source` wraps a consumer whose every call runs on one dedicated thread (librdkafka's
+consumer is blocking and not meant to be shared); rebalance callbacks run on that thread too.
+`Publisher` wraps an idempotent producer whose delivery reports resolve asyncio futures.
+Neither decides anything about tickets: that is `worker.pipeline`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from worker.errors import BrokerUnreachableError, FatalError, RetryableError
+
+log = structlog.get_logger(__name__)
+
+TP = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One record read from the inbound topic, with everything needed to trace it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+class RebalanceListener(Protocol):
+    """What the Source tells the pipeline about partition ownership (on the consumer thread)."""
+
+    def on_assigned(self, tps: list[TP]) -> None: ...
+
+    def on_revoked(self, tps: list[TP]) -> dict[TP, int]:
+        """Finish or give up the partitions' in-flight work; return offsets to commit."""
+        ...
+
+    def on_lost(self, tps: list[TP]) -> None: ...
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+def wait_for_broker(
+    bootstrap: str, *, timeout_s: float = 30.0, conf: Mapping[str, str] | None = None
+) -> None:
+    """Block until a broker answers a metadata request.
+
+    Raises:
+        BrokerUnreachableError: nothing answered within `timeout_s`.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(conf or {})})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerUnreachableError(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last}"
+    )
+
+
+def list_topics(bootstrap: str, *, conf: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Topic name -> partition count, as the cluster reports them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(conf or {})})
+    md = admin.list_topics(timeout=10)
+    return {name: len(t.partitions) for name, t in md.topics.items() if not t.error}
+
+
+def create_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    conf: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return those created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(conf or {})})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [t for t in topics if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+            for t in wanted
+        ],
+        operation_timeout=10,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+# ---------------------------------------------------------------------------- consumer
+
+
+def _to_record(msg: Message) -> InboundRecord:
+    ts_type, ts = msg.timestamp()
+    return InboundRecord(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        timestamp_ms=ts if ts_type != 0 and ts > 0 else None,
+        headers=tuple((k, v or b"") for k, v in (msg.headers() or [])),
+    )
+
+
+class Source:
+    """A consumer-group member reading one topic; all calls on a single thread.
+
+    Args:
+        conf: librdkafka consumer settings (group.id, bootstrap.servers, ...).
+        topic: the inbound topic.
+        listener: told of assignments, revocations and losses.
+    """
+
+    def __init__(self, *, conf: Mapping[str, str], topic: str, listener: RebalanceListener) -> None:
+        self._conf = dict(conf)
+        self._topic = topic
+        self._listener = listener
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._consumer: Consumer | None = None
+        self._fatal: BaseException | None = None
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def start(self) -> None:
+        """Create the consumer and subscribe (the group join happens in later polls)."""
+        await self._call(self._start)
+
+    def _start(self) -> None:
+        conf: dict[str, Any] = {**self._conf, "error_cb": self._on_error}
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = FatalError(f"consumer fatal error: {err.str()}")
+        log.warning("kafka_consumer_error", error=err.str(), code=err.code())
+
+    def _on_assign(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+        self._listener.on_assigned([(p.topic, p.partition) for p in parts])
+
+    def _on_revoke(self, c: Consumer, parts: list[TopicPartition]) -> None:
+        offsets = self._listener.on_revoked([(p.topic, p.partition) for p in parts])
+        if offsets:
+            self._commit_now(offsets)
+
+    def _on_lost(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+        self._listener.on_lost([(p.topic, p.partition) for p in parts])
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("Source.start() was not awaited")
+        return self._consumer
+
+    async def poll(self, *, max_records: int, timeout_s: float) -> list[InboundRecord]:
+        """Up to `max_records` records (0: only serve callbacks and keep membership alive)."""
+        records: list[InboundRecord] = await self._call(self._poll, max_records, timeout_s)
+        return records
+
+    def _poll(self, max_records: int, timeout_s: float) -> list[InboundRecord]:
+        if self._fatal is not None:
+            raise self._fatal
+        # poll() returns as soon as one record is there; consume(timeout=0) then takes what
+        # is already fetched. consume(n, timeout) alone would wait for n records or timeout.
+        first = self.consumer.poll(timeout_s)
+        msgs = [] if first is None else [first]
+        if first is not None and max_records > 1:
+            msgs += self.consumer.consume(num_messages=max_records - 1, timeout=0)
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                out.append(_to_record(m))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal():
+                raise FatalError(f"consumer fatal error: {err.str()}")
+            else:
+                log.warning("kafka_consume_error", error=err.str(), code=err.code())
+        return out
+
+    async def pause(self, tps: Sequence[TP]) -> None:
+        await self._call(lambda: self.consumer.pause([TopicPartition(t, p) for t, p in tps]))
+
+    async def resume(self, positions: Mapping[TP, int]) -> None:
+        """Resume partitions, first seeking each to `positions[tp]` when given.
+
+        Seeking makes sure records that were prefetched while paused are not skipped.
+        """
+        await self._call(self._resume, dict(positions))
+
+    def _resume(self, positions: dict[TP, int]) -> None:
+        assigned = {(p.topic, p.partition) for p in self.consumer.assignment()}
+        for (t, p), offset in positions.items():
+            if (t, p) in assigned:
+                try:
+                    self.consumer.seek(TopicPartition(t, p, offset))
+                except KafkaException as exc:  # not yet fetching: the position already holds
+                    log.debug("seek_skipped", topic=t, partition=p, offset=offset, error=str(exc))
+        self.consumer.resume([TopicPartition(t, p) for t, p in assigned])
+
+    async def assignment(self) -> list[TP]:
+        parts = await self._call(self.consumer.assignment)
+        return [(p.topic, p.partition) for p in parts]
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit `offsets` (next offset to read, per partition) synchronously.
+
+        Raises:
+            RetryableError: the commit failed in a way that may clear.
+        """
+        await self._call(self._commit_now, dict(offsets))
+
+    def _commit_now(self, offsets: Mapping[TP, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == KafkaError._NO_OFFSET:
+                return
+            raise RetryableError(f"offset commit failed: {err.str()}") from exc
+
+    async def committed(self, tps: Sequence[TP]) -> dict[TP, int]:
+        parts = await self._call(
+            lambda: self.consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+        )
+        return {(p.topic, p.partition): p.offset for p in parts if p.offset != OFFSET_INVALID}
+
+    async def lag(self) -> dict[TP, int]:
+        """Per assigned partition: high watermark minus the consumer's position."""
+        return dict(await self._call(self._lag))
+
+    def _lag(self) -> dict[TP, int]:
+        parts = self.consumer.assignment()
+        if not parts:
+            return {}
+        positions = self.consumer.position(parts)
+        out = {}
+        for part in positions:
+            _low, high = self.consumer.get_watermark_offsets(part, timeout=5, cached=False)
+            pos = part.offset if part.offset >= 0 else _low
+            out[(part.topic, part.partition)] = max(0, high - pos)
+        return out
+
+    async def close(self) -> None:
+        """Leave the group (triggers a final revoke) and stop the thread."""
+        if self._consumer is not None:
+            await self._call(self._consumer.close)
+        self._thread.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------- producer
+
+
+_RETRIABLE_PRODUCE = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError._TIMED_OUT,
+}
+
+
+class Publisher:
+    """An idempotent producer whose `publish` returns when the broker acknowledged."""
+
+    def __init__(self, *, conf: Mapping[str, str], poll_interval_s: float = 0.01) -> None:
+        self._conf = dict(conf)
+        self._poll_interval_s = poll_interval_s
+        self._producer: Producer | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._producer = Producer({**self._conf, "error_cb": self._on_error})
+        self._poller = asyncio.create_task(self._poll_forever(), name="producer-poll")
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka_producer_error", error=err.str(), code=err.code())
+
+    async def _poll_forever(self) -> None:
+        assert self._producer is not None
+        while True:
+            self._producer.poll(0)  # serves delivery reports on this (the loop's) thread
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def publish(
+        self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[int, int]:
+        """Produce one record and wait for its delivery report.
+
+        Returns:
+            (partition, offset) the broker assigned.
+
+        Raises:
+            RetryableError: local queue full, or a retriable delivery error.
+            FatalError: a delivery error that retrying cannot fix.
+        """
+        if self._producer is None:
+            raise RuntimeError("Publisher.start() was not awaited")
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if fut.done():
+                return
+            if err is None:
+                fut.set_result((msg.partition(), msg.offset()))
+            elif err.retriable() or err.code() in _RETRIABLE_PRODUCE:
+                fut.set_exception(RetryableError(f"delivery to {topic} failed: {err.str()}"))
+            else:
+                fut.set_exception(FatalError(f"delivery to {topic} failed: {err.str()}"))
+
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+            )
+        except BufferError as exc:
+            raise RetryableError("producer queue full", retry_after_s=0.05) from exc
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.retriable():
+                raise RetryableError(f"produce to {topic} failed: {err.str()}") from exc
+            raise FatalError(f"produce to {topic} failed: {err.str()}") from exc
+        return await fut
+
+    async def flush(self, *, timeout_s: float) -> int:
+        """Wait for outstanding deliveries; return how many are still undelivered."""
+        if self._producer is None:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        while (remaining := len(self._producer)) and time.monotonic() < deadline:
+            self._producer.poll(0)
+            await asyncio.sleep(0.01)
+        return remaining
+
+    async def close(self, *, timeout_s: float = 10.0) -> None:
+        await self.flush(timeout_s=timeout_s)
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        self._producer = None

@@ -1,0 +1,178 @@
+"""Assembles one worker: engine, producer, pipeline, consumer, health server, in that order.
+
+Owns start-up order and teardown (one AsyncExitStack, reverse order, also on errors). It
+installs no signal handlers (the CLI does) and maps no exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from expert.engine import ExpertLoadError, StreamingExpert, check_labels
+from schemas.taxonomy import Taxonomy
+from schemas.ticket import SourceSystem
+from worker import kafka_io
+from worker.config import ENFORCED_CONSUMER, ENFORCED_PRODUCER, Settings, masked
+from worker.errors import EngineUnavailableError
+from worker.health import HealthServer, build_app
+from worker.kafka_io import Publisher, Source
+from worker.metrics import Metrics
+from worker.pipeline import Pipeline, PipelineConfig
+
+log = structlog.get_logger(__name__)
+
+
+def consumer_config(settings: Settings) -> dict[str, str]:
+    """librdkafka consumer settings: defaults < user `extra` < enforced overrides."""
+    k = settings.kafka
+    conf = {
+        **k.common_config(),
+        "group.id": k.group_id,
+        "session.timeout.ms": str(k.session_timeout_ms),
+        "max.poll.interval.ms": str(k.max_poll_interval_ms),
+        "isolation.level": "read_committed",
+        "fetch.wait.max.ms": "10",
+        **k.extra,
+    }
+    return _enforce(conf, ENFORCED_CONSUMER)
+
+
+def producer_config(settings: Settings) -> dict[str, str]:
+    """librdkafka producer settings: defaults < user `extra` < enforced overrides."""
+    conf = {
+        **settings.kafka.common_config(),
+        "linger.ms": "2",
+        "compression.type": "lz4",
+        **settings.kafka.extra,
+    }
+    return _enforce(conf, ENFORCED_PRODUCER)
+
+
+def _enforce(conf: dict[str, str], enforced: dict[str, str]) -> dict[str, str]:
+    for key, value in enforced.items():
+        if key in conf and conf[key] != value:
+            log.warning("kafka_setting_overridden", setting=key, given=conf[key], used=value)
+        conf[key] = value
+    return conf
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    fmt = settings.kafka.source_format
+    return PipelineConfig(
+        max_in_flight=settings.max_in_flight,
+        confidence_threshold=settings.routing.confidence_threshold,
+        deadline_s=settings.routing.deadline_s,
+        commit_interval_s=settings.kafka.commit_interval_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        source_format=SourceSystem(fmt) if fmt else None,
+    )
+
+
+@dataclass
+class Worker:
+    """A running worker's parts, for the CLI and tests."""
+
+    settings: Settings
+    pipeline: Pipeline
+    source: Source
+    metrics: Metrics
+    health_port: int | None
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+
+@contextlib.asynccontextmanager
+async def started_worker(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_engine_ready: Callable[[], None] | None = None,
+) -> AsyncIterator[Worker]:
+    """Start every part in order; tear down in reverse order on exit.
+
+    Raises:
+        TaxonomyError: the taxonomy file is invalid.
+        EngineUnavailableError: the expert failed to load or its labels differ (exit 4).
+        BrokerUnreachableError: no broker answered (exit 3).
+    """
+    taxonomy = Taxonomy.load(settings.taxonomy_path)
+    metrics = Metrics(registry or CollectorRegistry())
+    async with contextlib.AsyncExitStack() as stack:
+        # The engine first: its core process must start before librdkafka's threads exist.
+        engine = StreamingExpert(settings.engine)
+        try:
+            await engine.start()
+            stack.push_async_callback(engine.shutdown)
+            check_labels(engine.card, taxonomy.labels)
+        except ExpertLoadError as exc:
+            raise EngineUnavailableError(str(exc)) from exc
+        metrics.build_info.info(
+            {"version": _version(), "model": engine.model_id, "adapter": engine.adapter_id or ""}
+        )
+        if on_engine_ready is not None:
+            on_engine_ready()
+        kafka_io.wait_for_broker(
+            settings.kafka.bootstrap_servers,
+            timeout_s=30,
+            conf={
+                k: v for k, v in settings.kafka.common_config().items() if k != "bootstrap.servers"
+            },
+        )
+        publisher = Publisher(conf=producer_config(settings))
+        await publisher.start()
+        stack.push_async_callback(publisher.close)
+        pipeline = Pipeline(
+            config=pipeline_config(settings),
+            taxonomy=taxonomy,
+            engine=engine,
+            publisher=publisher,
+            metrics=metrics,
+        )
+        source = Source(
+            conf=consumer_config(settings), topic=taxonomy.topics.inbound, listener=pipeline
+        )
+        await source.start()
+        stack.push_async_callback(source.close)
+        health_port = None
+        if settings.metrics.enabled:
+            server = HealthServer(
+                app=build_app(
+                    registry=metrics.registry,
+                    heartbeat=lambda: pipeline.heartbeat,
+                    is_ready=lambda: pipeline.is_ready,
+                ),
+                host=settings.metrics.host,
+                port=settings.metrics.port,
+            )
+            await server.start()
+            stack.push_async_callback(server.stop)
+            health_port = server.port
+        metrics.ready.set_function(lambda: 1.0 if pipeline.is_ready else 0.0)
+        log.info(
+            "worker_started",
+            settings=masked(settings),
+            model=engine.model_id,
+            metrics_port=health_port,
+        )
+        yield Worker(
+            settings=settings,
+            pipeline=pipeline,
+            source=source,
+            metrics=metrics,
+            health_port=health_port,
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ticket-router")
+    except PackageNotFoundError:
+        return "0+unknown"
