@@ -9,7 +9,15 @@ from __future__ import annotations
 import base64
 from enum import StrEnum
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_serializer,
+    field_validator,
+)
 
 
 class DeadLetterReason(StrEnum):
@@ -32,6 +40,10 @@ HEADER_STAGE = HEADER_PREFIX + "stage"
 HEADER_CONNECTOR = HEADER_PREFIX + "connector.name"
 
 
+# In JSON, raw bytes travel as base64 text (RFC 4648, with padding).
+_BASE64: dict[str, JsonValue] = {"contentEncoding": "base64"}
+
+
 class DeadLetter(BaseModel):
     """An unreadable inbound record.
 
@@ -47,8 +59,8 @@ class DeadLetter(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    raw: bytes
-    raw_key: bytes | None = None
+    raw: bytes = Field(json_schema_extra=_BASE64)
+    raw_key: bytes | None = Field(default=None, json_schema_extra=_BASE64)
     reason: DeadLetterReason
     error_type: str
     error: str = Field(max_length=4000)

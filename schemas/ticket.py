@@ -6,12 +6,15 @@ Owns the `Ticket` contract and its validation rules. The per-system mapping live
 Oversize rule: `subject` keeps at most `MAX_SUBJECT_CHARS` characters and `body` at most
 `MAX_BODY_CHARS`; longer text is cut and ends with `TRUNCATION_MARKER`, and
 `truncated` is set. A long ticket is routed on its beginning, never rejected for length.
+Each category hint keeps at most `MAX_HINT_CHARS` characters (cut the same way, without
+setting `truncated`). Text fields lose NUL characters and surrounding whitespace.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -25,6 +28,8 @@ from pydantic import (
 
 MAX_SUBJECT_CHARS = 500
 MAX_BODY_CHARS = 16_000
+MAX_HINT_CHARS = 200
+MAX_CATEGORY_HINTS = 64
 TRUNCATION_MARKER = " …[truncated]"
 
 
@@ -55,8 +60,16 @@ class Level(StrEnum):
     LOW = "low"
 
 
-def _strip_nul(text: str) -> str:
-    return text.replace("\x00", "")
+def _clean(text: str) -> str:
+    # NUL breaks C-string consumers downstream; strip again after removing it so that a
+    # validated text validates to itself (round-trip stability).
+    return text.replace("\x00", "").strip()
+
+
+def _not_blank(text: str) -> str:
+    if not text:
+        raise ValueError("must contain visible text")
+    return text
 
 
 def _truncate(limit: int) -> AfterValidator:
@@ -68,8 +81,22 @@ def _truncate(limit: int) -> AfterValidator:
     return AfterValidator(cut)
 
 
-Subject = Annotated[str, AfterValidator(_strip_nul), _truncate(MAX_SUBJECT_CHARS)]
-Body = Annotated[str, AfterValidator(_strip_nul), _truncate(MAX_BODY_CHARS)]
+def _plausible_time(value: datetime) -> datetime:
+    if value.year < 1990:
+        raise ValueError("before 1990, not a real ticket time")
+    return value
+
+
+def _is_oversize(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(_clean(value)) > limit
+
+
+Subject = Annotated[
+    str, AfterValidator(_clean), AfterValidator(_not_blank), _truncate(MAX_SUBJECT_CHARS)
+]
+Body = Annotated[str, AfterValidator(_clean), _truncate(MAX_BODY_CHARS)]
+# Hints are cut silently: they are hints, and do not set `truncated`.
+Hint = Annotated[str, AfterValidator(_clean), _truncate(MAX_HINT_CHARS)]
 
 
 class Ticket(BaseModel):
@@ -95,14 +122,14 @@ class Ticket(BaseModel):
 
     id: str = Field(min_length=1, max_length=128)
     source: SourceSystem = SourceSystem.CANONICAL
-    created_at: AwareDatetime
+    created_at: Annotated[AwareDatetime, AfterValidator(_plausible_time)]
     subject: Subject = Field(min_length=1)
     body: Body = ""
     requester: str | None = Field(default=None, max_length=256)
     priority: Priority | None = None
     impact: Level | None = None
     urgency: Level | None = None
-    category_hints: tuple[str, ...] = Field(default=(), max_length=64)
+    category_hints: tuple[Hint, ...] = Field(default=(), max_length=MAX_CATEGORY_HINTS)
     custom_fields: dict[str, JsonValue] = Field(default_factory=dict)
     truncated: bool = False
 
@@ -110,21 +137,13 @@ class Ticket(BaseModel):
     @classmethod
     def _flag_truncation(cls, data: Any) -> Any:
         if isinstance(data, dict) and not data.get("truncated"):
-            subject, body = data.get("subject"), data.get("body")
-            too_long = (isinstance(subject, str) and len(subject.strip()) > MAX_SUBJECT_CHARS) or (
-                isinstance(body, str) and len(body.strip()) > MAX_BODY_CHARS
+            too_long = _is_oversize(data.get("subject"), MAX_SUBJECT_CHARS) or _is_oversize(
+                data.get("body"), MAX_BODY_CHARS
             )
             if too_long:
                 data = {**data, "truncated": True}
         return data
 
-    @model_validator(mode="after")
-    def _created_at_is_plausible(self) -> Self:
-        if self.created_at.year < 1990:
-            raise ValueError("created_at: before 1990, not a real ticket time")
-        return self
-
     def text(self) -> str:
         """The text the router classifies: subject, then body, on one line each."""
         return f"{self.subject}\n{self.body}".strip()
-
