@@ -10,8 +10,9 @@ import typer
 from expert.cli import app as expert_app
 from loadgen.cli import app as loadgen_app
 from loadgen.cli import demo
+from loadgen.bench import bench_worker
 from schemas.cli import app as schemas_app
-from worker.cli import bench_app, broker_app, topics_app, worker
+from worker.cli import broker_app, topics_app, worker
 
 app = typer.Typer(
     name="ticket-router",
@@ -24,6 +25,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(expert_app, name="expert")
 app.add_typer(loadgen_app, name="loadgen")
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+bench_app.command("worker")(bench_worker)
 app.add_typer(bench_app, name="bench")
 app.command("worker")(worker)
 app.command("demo")(demo)

@@ -125,6 +125,12 @@ class EmbeddedBroker:
         self.pid_file.write_text(f"{proc.pid}:{self.port}")
         try:
             kafka_io.wait_for_broker(self.bootstrap, timeout_s=ready_timeout_s)
+            time.sleep(0.2)  # a broker that failed to bind exits right away
+            if proc.poll() is not None:
+                raise BrokerUnreachableError(
+                    f"broker exited with code {proc.returncode} (port {self.port} in use?); "
+                    f"see {self.log_file}"
+                )
         except BrokerUnreachableError:
             self.stop()
             raise

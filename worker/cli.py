@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +25,6 @@ broker_app = typer.Typer(
     help="Run the embedded Kafka-protocol broker (local use and tests).", no_args_is_help=True
 )
 topics_app = typer.Typer(help="Create the topic layout on any Kafka.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 
 StateDir = Annotated[
     Path, typer.Option(help="Where the broker's pid and log live.", envvar="ROUTER_STATE_DIR")
@@ -203,34 +201,3 @@ def _kill_children() -> None:
             child.kill()
         except psutil.Error:
             continue
-
-
-@bench_app.command("worker")
-def bench_worker(
-    model: Annotated[
-        Path | None, typer.Option(help="Expert model folder (default: build/cached default).")
-    ] = None,
-    tickets: Annotated[int, typer.Option(help="Tickets for the throughput runs.")] = 2000,
-    rates: Annotated[
-        str, typer.Option(help="Fixed arrival rates, tickets/s, comma-separated.")
-    ] = "10,50,200",
-    seconds_per_rate: Annotated[
-        float, typer.Option(help="Duration of each fixed-rate run.")
-    ] = 20.0,
-    out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write the figures as JSON.")
-    ] = None,
-) -> None:
-    """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates."""
-    from worker.bench import run_bench
-
-    rate_list = [float(r) for r in rates.split(",") if r.strip()]
-    sys.exit(
-        run_bench(
-            model=model,
-            tickets=tickets,
-            rates=rate_list,
-            seconds_per_rate=seconds_per_rate,
-            out_file=out_file,
-        )
-    )

@@ -75,7 +75,8 @@ def wait_for_broker(
     Raises:
         BrokerUnreachableError: nothing answered within `timeout_s`.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(conf or {})})
+    # Refused connections are expected while a broker starts: keep librdkafka quiet.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **(conf or {})})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -146,17 +147,19 @@ def _to_record(msg: Message) -> InboundRecord:
 
 
 class Source:
-    """A consumer-group member reading one topic; all calls on a single thread.
+    """A consumer-group member reading its topics; all calls on a single thread.
 
     Args:
         conf: librdkafka consumer settings (group.id, bootstrap.servers, ...).
-        topic: the inbound topic.
+        topics: the topics to subscribe to (the worker: the inbound topic).
         listener: told of assignments, revocations and losses.
     """
 
-    def __init__(self, *, conf: Mapping[str, str], topic: str, listener: RebalanceListener) -> None:
+    def __init__(
+        self, *, conf: Mapping[str, str], topics: Sequence[str], listener: RebalanceListener
+    ) -> None:
         self._conf = dict(conf)
-        self._topic = topic
+        self._topics = list(topics)
         self._listener = listener
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._consumer: Consumer | None = None
@@ -173,7 +176,7 @@ class Source:
         conf: dict[str, Any] = {**self._conf, "error_cb": self._on_error}
         self._consumer = Consumer(conf)
         self._consumer.subscribe(
-            [self._topic],
+            self._topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,

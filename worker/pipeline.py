@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
-from schemas.parse import TicketParseError, parse_ticket
 
 from expert.engine import EngineFailure, Prediction
 from schemas.dead_letter import DeadLetter
+from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
@@ -97,6 +97,7 @@ class PipelineConfig:
     poll_timeout_s: float = 0.05
     max_poll_records: int = 500
     engine_attempts: int = 2
+    publish_retry_max_s: float = 60.0
 
 
 def _now() -> datetime:
@@ -404,7 +405,9 @@ class Pipeline:
     async def _publish(
         self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> None:
-        async for attempt in publish_retrying(self.metrics):
+        async for attempt in publish_retrying(
+            self.metrics, max_delay_s=self.config.publish_retry_max_s
+        ):
             with attempt:
                 await self.publisher.publish(topic=topic, key=key, value=value, headers=headers)
 

@@ -44,7 +44,7 @@ def publish_retrying(
     return AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(max_attempts) | stop_after_delay(max_delay_s),
-        wait=wait_exponential_jitter(initial=0.1, max=10.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=10.0),
         before_sleep=_before_sleep("publish", metrics),
         reraise=True,
     )
@@ -55,7 +55,7 @@ def commit_retrying(metrics: Metrics, *, max_attempts: int = 5) -> AsyncRetrying
     return AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(max_attempts),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         before_sleep=_before_sleep("commit", metrics),
         reraise=True,
     )
@@ -66,7 +66,7 @@ def infer_retrying(metrics: Metrics, *, max_attempts: int = 3) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(max_attempts),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
         before_sleep=_before_sleep("infer", metrics),
         reraise=True,
     )

@@ -135,7 +135,7 @@ async def started_worker(
             metrics=metrics,
         )
         source = Source(
-            conf=consumer_config(settings), topic=taxonomy.topics.inbound, listener=pipeline
+            conf=consumer_config(settings), topics=[taxonomy.topics.inbound], listener=pipeline
         )
         await source.start()
         stack.push_async_callback(source.close)

@@ -1,0 +1,326 @@
+"""`ticket-router bench worker`: the bare engine against the worker, on the same tickets and model.
+
+Prints figures, asserts nothing. In one process it measures
+  1. the bare engine: `StreamingExpert` (AsyncLLM) answering N tickets submitted at once,
+  2. the worker: the same N tickets produced to Kafka, routed by a worker (the same engine
+     class, the same model), until every output is acknowledged; timed from the first send
+     after the worker owns its partitions, so the group join is not measured,
+  3. end-to-end latency at fixed open-loop arrival rates: produce time of the inbound record
+     to the moment a downstream consumer of the output topics receives the routed ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from schemas.taxonomy import Taxonomy
+from schemas.ticket import Ticket
+from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
+from worker.config import Settings
+from worker.kafka_io import TP, Publisher, Source
+
+log = structlog.get_logger(__name__)
+console = Console()
+DEFAULT_MODEL_DIR = Path(".state/models/default-expert")
+
+
+@dataclass
+class BenchResult:
+    tickets: int
+    engine_tickets_per_s: float
+    worker_tickets_per_s: float
+    ratio: float
+    latency_s: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class _NoRebalance:
+    def on_assigned(self, tps: list[TP]) -> None: ...
+
+    def on_revoked(self, tps: list[TP]) -> dict[TP, int]:
+        return {}
+
+    def on_lost(self, tps: list[TP]) -> None: ...
+
+
+def _payloads(n: int, *, seed: int) -> list[bytes]:
+    from loadgen.corpus import generate
+
+    out = []
+    for lt in generate(n, seed=seed):
+        t = lt.ticket.model_copy(
+            update={"id": f"{lt.ticket.id}-{uuid.uuid4().hex[:6]}", "created_at": datetime.now(UTC)}
+        )
+        out.append(t.model_dump_json().encode())
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    q = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+    return {"n": len(values), "p50": q[49], "p95": q[94], "p99": q[98], "max": max(values)}
+
+
+async def _bare_engine(settings: Settings, texts: list[str]) -> float:
+    from expert.engine import StreamingExpert
+
+    engine = StreamingExpert(settings.engine)
+    await engine.start()
+    try:
+        sem = asyncio.Semaphore(settings.max_in_flight)
+
+        async def one(text: str) -> None:
+            async with sem:
+                await engine.classify(text, request_id=uuid.uuid4().hex)
+
+        await asyncio.gather(*(one(t) for t in texts[:64]))  # warm-up, not timed
+        start = time.perf_counter()
+        await asyncio.gather(*(one(t) for t in texts))
+        return len(texts) / (time.perf_counter() - start)
+    finally:
+        await engine.shutdown()
+
+
+async def _read_outputs(
+    reader: Source, arrivals: dict[str, float], want: int, timeout_s: float
+) -> dict[str, float]:
+    """Ticket id -> seconds from its produce time to a downstream consumer receiving it."""
+    latencies: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(latencies) < want and time.monotonic() < deadline:
+        for rec in await reader.poll(max_records=1000, timeout_s=0.05):
+            now = time.time()
+            key = (rec.key or b"").decode()
+            if key in arrivals and key not in latencies:
+                latencies[key] = now - arrivals[key]
+    return latencies
+
+
+async def _worker_runs(
+    settings: Settings,
+    tax: Taxonomy,
+    payloads: list[bytes],
+    rates: list[float],
+    seconds_per_rate: float,
+) -> tuple[float, dict[str, dict[str, float]]]:
+    from worker.runner import started_worker
+
+    outputs = [q.topic for q in tax.queues] + [tax.topics.triage, tax.topics.dead_letter]
+    async with started_worker(settings) as worker:
+        run = asyncio.create_task(worker.pipeline.run(worker.source))
+        # The group join is not part of the measurement: wait for the assignment first.
+        while not worker.pipeline.is_ready:  # noqa: ASYNC110 - state set by the consumer thread
+            await asyncio.sleep(0.05)
+        publisher = Publisher(
+            conf={
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "linger.ms": "1",
+                "enable.idempotence": "true",
+            }
+        )
+        await publisher.start()
+        reader = Source(
+            conf={
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"bench-reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": "false",
+                "session.timeout.ms": "6000",
+                "fetch.wait.max.ms": "5",
+            },
+            topics=outputs,
+            listener=_NoRebalance(),
+        )
+        await reader.start()
+        while not await reader.assignment():
+            await reader.poll(max_records=0, timeout_s=0.1)
+        try:
+            # Throughput: everything at once.
+            ids = [json.loads(p)["id"] for p in payloads]
+            arrivals = {i: time.time() for i in ids}
+            done_before = worker.pipeline.processed
+            start = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    publisher.publish(topic=tax.topics.inbound, key=i.encode(), value=p, headers=())
+                    for i, p in zip(ids, payloads, strict=True)
+                )
+            )
+            while worker.pipeline.processed - done_before < len(payloads):
+                if run.done():
+                    run.result()
+                await asyncio.sleep(0.002)
+            throughput = len(payloads) / (time.perf_counter() - start)
+            await _read_outputs(reader, arrivals, len(payloads), timeout_s=30)  # drain the reader
+            # Latency at fixed open-loop arrival rates.
+            table: dict[str, dict[str, float]] = {}
+            for rate in rates:
+                n = max(1, int(rate * seconds_per_rate))
+                batch = _payloads(n, seed=int(rate))
+                arrivals = {}
+                reading = asyncio.create_task(
+                    _read_outputs(reader, arrivals, n, timeout_s=seconds_per_rate + 60)
+                )
+                t0 = time.perf_counter()
+                sends = []
+                for k, p in enumerate(batch):
+                    delay = t0 + k / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tid = json.loads(p)["id"]
+                    arrivals[tid] = time.time()
+                    sends.append(
+                        asyncio.create_task(
+                            publisher.publish(
+                                topic=tax.topics.inbound, key=tid.encode(), value=p, headers=()
+                            )
+                        )
+                    )
+                await asyncio.gather(*sends)
+                latencies = await reading
+                table[f"{rate:g}/s"] = _percentiles(list(latencies.values()))
+                table[f"{rate:g}/s"]["achieved_rate"] = n / max(1e-9, time.perf_counter() - t0)
+        finally:
+            await reader.close()
+            await publisher.close()
+            worker.stop()
+            await run
+    return throughput, table
+
+
+async def _bench(
+    settings: Settings, tax: Taxonomy, n: int, rates: list[float], seconds_per_rate: float
+) -> BenchResult:
+    payloads = _payloads(n, seed=7)
+    texts = [Ticket.model_validate_json(p).text() for p in payloads]
+    engine_tps = await _bare_engine(settings, texts)
+    console.print(f"bare engine: {engine_tps:.0f} tickets/s on {n} tickets")
+    worker_tps, table = await _worker_runs(settings, tax, payloads, rates, seconds_per_rate)
+    console.print(f"worker (Kafka in -> Kafka out): {worker_tps:.0f} tickets/s")
+    return BenchResult(
+        tickets=n,
+        engine_tickets_per_s=engine_tps,
+        worker_tickets_per_s=worker_tps,
+        ratio=worker_tps / engine_tps,
+        latency_s=table,
+    )
+
+
+def run_bench(
+    *,
+    model: Path | None,
+    tickets: int,
+    rates: list[float],
+    seconds_per_rate: float,
+    out_file: Path | None,
+    bootstrap: str | None = None,
+) -> int:
+    """Run the benchmark and print its figures; returns the process exit code."""
+    from worker.logs import configure_logging
+
+    configure_logging(level="WARNING", fmt="console")
+    model_dir = model or DEFAULT_MODEL_DIR
+    if not (model_dir / "expert.json").exists():
+        console.print(
+            f"[red]no expert at {model_dir}[/]: build one with `ticket-router expert build`"
+        )
+        return 4
+    unique = uuid.uuid4().hex[:8]
+    base = Taxonomy.load()
+    tax = base.model_copy(
+        update={
+            "topics": base.topics.model_copy(
+                update={k: f"{v}.bench-{unique}" for k, v in base.topics.model_dump().items()}
+            ),
+            "queues": tuple(
+                q.model_copy(update={"topic": f"{q.topic}.bench-{unique}"}) for q in base.queues
+            ),
+        }
+    )
+    tax_path = Path(".state") / f"bench-taxonomy-{unique}.yaml"
+    tax_path.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    tax_path.write_text(yaml.safe_dump(tax.model_dump(mode="json")))
+    broker = None
+    if bootstrap is None:
+        broker = EmbeddedBroker(
+            state_dir=Path(".state") / f"bench-broker-{unique}", port=free_port()
+        )
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=6))
+        settings = Settings(
+            kafka={"bootstrap_servers": bootstrap, "group_id": f"bench-{unique}"},
+            engine={"model_dir": model_dir},
+            taxonomy_path=tax_path,
+            metrics={"enabled": False},
+            routing={"deadline_s": 120},
+        )
+        result = asyncio.run(_bench(settings, tax, tickets, rates, seconds_per_rate))
+    finally:
+        if broker is not None:
+            broker.stop()
+        tax_path.unlink(missing_ok=True)
+    _print(result)
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+def _print(result: BenchResult) -> None:
+    t = Table(title=f"worker vs bare engine, {result.tickets} tickets")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("bare engine, tickets/s", f"{result.engine_tickets_per_s:.1f}")
+    t.add_row("worker end to end, tickets/s", f"{result.worker_tickets_per_s:.1f}")
+    t.add_row("ratio worker / engine", f"{result.ratio:.2f}")
+    console.print(t)
+    lt = Table(title="end-to-end latency at fixed arrival rates (seconds)")
+    for col in ("rate", "achieved/s", "n", "p50", "p95", "p99", "max"):
+        lt.add_column(col, justify="right")
+    for rate, f in result.latency_s.items():
+        lt.add_row(
+            rate,
+            f"{f.get('achieved_rate', 0):.1f}",
+            str(int(f.get("n", 0))),
+            *(f"{f[k]:.3f}" if k in f else "-" for k in ("p50", "p95", "p99", "max")),
+        )
+    console.print(lt)
+
+
+def bench_worker(
+    model: Path | None = None,
+    tickets: int = 2000,
+    rates: str = "10,50,200",
+    seconds_per_rate: float = 20.0,
+    bootstrap: str | None = None,
+    out: Path | None = None,
+) -> None:
+    """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates."""
+    import typer
+
+    rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    raise typer.Exit(
+        run_bench(
+            model=model,
+            tickets=tickets,
+            rates=rate_list,
+            seconds_per_rate=seconds_per_rate,
+            out_file=out,
+            bootstrap=bootstrap,
+        )
+    )

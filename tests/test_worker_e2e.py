@@ -1,0 +1,309 @@
+"""The worker end to end: real broker, real vLLM serving the tiny expert, real Kafka clients.
+
+Every inbound record must be accounted for on the output topics (routed, triage or
+dead-letter), through kills, restarts, two workers in a group and a drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.routing import RoutedTicket
+from schemas.taxonomy import Taxonomy
+from tests.kafka_helpers import OutputReader, committed, end_offsets, produce
+from worker.broker import TopicLayout, create_layout
+from worker.config import Settings
+from worker.runner import started_worker
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 3
+SUBJECTS = [
+    "cannot connect to vpn from home since this morning",
+    "forgot my password and my account is locked",
+    "laptop screen flickers and the docking station does not charge",
+    "outlook keeps asking for credentials, teams calendar empty",
+    "need access to the finance shared drive for new starter",
+    "suspicious email asking me to confirm my bank details, clicked the link",
+    "database backup job failed with ORA-01555 on prod",
+    "server disk /var at 95 percent, monitoring alert",
+    "SAP transaction ME21N gives authorisation error",
+    "please install visio on my pc",
+    "kubernetes deployment stuck in CrashLoopBackOff after pipeline run",
+    "the coffee machine on floor 3 is broken",
+]
+
+
+def _ticket(i: int) -> bytes:
+    return json.dumps(
+        {
+            "id": f"INC{i:07d}",
+            "source": "canonical",
+            "subject": SUBJECTS[i % len(SUBJECTS)],
+            "body": f"ticket number {i}",
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+    ).encode()
+
+
+BAD = [b"\x00\xff\xfe", b"{not json", b'{"id": "x", "subject": 5}', b"[]", b""]
+
+
+@pytest.fixture
+def layout(bootstrap: str, taxonomy_file: Path) -> Taxonomy:
+    tax = Taxonomy.load(taxonomy_file)
+    create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
+    return tax
+
+
+def _outputs(tax: Taxonomy) -> list[str]:
+    return [q.topic for q in tax.queues] + [tax.topics.triage, tax.topics.dead_letter]
+
+
+def _env(
+    bootstrap: str, taxonomy_file: Path, model_dir: Path, group: str, tmp: Path
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ROUTER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "ROUTER_KAFKA__GROUP_ID": group,
+        "ROUTER_TAXONOMY_PATH": str(taxonomy_file),
+        "ROUTER_ENGINE__MODEL_DIR": str(model_dir),
+        "ROUTER_ENGINE__CACHE_DIR": str(REPO / ".state" / "vllm-cache"),
+        "ROUTER_METRICS__PORT": "0",
+        "ROUTER_LOG_FORMAT": "json",
+        "ROUTER_SHUTDOWN_GRACE_S": "20",
+    }
+
+
+class WorkerProcess:
+    """`ticket-router worker` as a child process, with its JSON log captured to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "ticket_router", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def events(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def wait_for_event(self, name: str, timeout_s: float = 180) -> dict[str, object]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if e.get("event") == name:
+                    return e
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        raise AssertionError(f"no {name} event:\n{self.log_path.read_text()[-3000:]}")
+
+    def metric(self, name: str) -> float:
+        port = self.wait_for_event("worker_started")["metrics_port"]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
+        total = 0.0
+        for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", body, re.M):
+            total += float(m.group(1))
+        return total
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 90) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def _sources(records: list) -> set[tuple[str, int, int]]:
+    return {r.source for r in records}
+
+
+async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
+    bootstrap: str,
+    taxonomy_file: Path,
+    layout: Taxonomy,
+    tiny_expert_dir: Path,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    n = 60
+    produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)] + BAD)
+    settings = Settings(
+        kafka={"bootstrap_servers": bootstrap, "group_id": f"g-{unique}"},
+        engine={"model_dir": tiny_expert_dir, "cache_dir": REPO / ".state" / "vllm-cache"},
+        taxonomy_path=taxonomy_file,
+        metrics={"port": 0},
+        routing={"confidence_threshold": 0.6},
+        shutdown_grace_s=10,
+    )
+    registry = CollectorRegistry()
+    async with started_worker(settings, registry=registry) as worker:
+        ready = urllib.request.urlopen  # noqa: S310 - loopback probe
+        await worker.pipeline.run(worker.source, stop_after=n + len(BAD))
+        assert ready(f"http://127.0.0.1:{worker.health_port}/healthz", timeout=5).status == 200
+    reader = OutputReader(bootstrap, _outputs(layout))
+    out = reader.read_until(lambda rs: len(_sources(rs)) >= n + len(BAD), timeout_s=60)
+    reader.close()
+    # Nothing missing: every inbound record has exactly one output.
+    assert len(_sources(out)) == n + len(BAD) == len(out)
+    dead = [r for r in out if r.topic == layout.topics.dead_letter]
+    assert sorted(r.value for r in dead) == sorted(BAD)
+    assert all(r.headers["__connect.errors.exception.message"] for r in dead)
+    for r in out:
+        if r.topic == layout.topics.dead_letter:
+            continue
+        routed = RoutedTicket.model_validate_json(r.value)
+        assert routed.decision.queue in layout.labels
+        assert abs(sum(routed.decision.probabilities.values()) - 1) < 1e-3
+        low = routed.decision.confidence < 0.6
+        assert (r.topic == layout.topics.triage) == low
+        if not low:
+            assert r.topic == layout.topic_for(routed.decision.queue)
+        assert r.key == routed.ticket.id.encode()
+    # Offsets committed to the end of every partition, only after the outputs were written.
+    ends = end_offsets(bootstrap, layout.topics.inbound, PARTITIONS)
+    assert committed(bootstrap, f"g-{unique}", layout.topics.inbound, PARTITIONS) == {
+        p: e for p, e in ends.items() if e > 0
+    }
+    get = registry.get_sample_value
+    routed_total = sum(get("router_tickets_routed_total", {"queue": q}) or 0 for q in layout.labels)
+    triaged = sum(
+        get("router_tickets_triaged_total", {"reason": r}) or 0
+        for r in ("low_confidence", "deadline_exceeded")
+    )
+    dead_total = sum(
+        get("router_tickets_dead_lettered_total", {"reason": r}) or 0
+        for r in ("undecodable", "unknown_format", "invalid")
+    )
+    assert (routed_total, triaged, dead_total) == (
+        n - sum(r.topic == layout.topics.triage for r in out),
+        sum(r.topic == layout.topics.triage for r in out),
+        len(BAD),
+    )
+    assert get("router_inference_duration_seconds_count") == n
+
+
+def test_killed_worker_restarts_without_losing_tickets_then_drains_on_sigterm(
+    bootstrap: str,
+    taxonomy_file: Path,
+    layout: Taxonomy,
+    tiny_expert_dir: Path,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    group = f"g-{unique}"
+    env = _env(bootstrap, taxonomy_file, tiny_expert_dir, group, tmp_path)
+    n = 400
+    produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
+    reader = OutputReader(bootstrap, _outputs(layout))
+    first = WorkerProcess(env, tmp_path / "w1.log")
+    try:
+        first.wait_for_event("partitions_assigned")
+        reader.read_until(lambda rs: len(rs) >= 20, timeout_s=120)
+        first.signal(signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+    finally:
+        first.kill()
+    second = WorkerProcess(env, tmp_path / "w2.log")
+    try:
+        out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=240)
+        assert len(_sources(out)) == n, "a ticket was lost across the kill"
+        # Drain: more tickets, SIGTERM while they are in flight, clean exit, all committed.
+        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n, n + 300)])
+        reader.read_until(lambda rs: len(_sources(rs)) >= n + 10, timeout_s=120)
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout_s=120) == 0
+        events = [e["event"] for e in second.events()]
+        assert "shutdown_started" in events and "shutdown_completed" in events
+    finally:
+        second.kill()
+    out = reader.read_until(lambda rs: False, timeout_s=3)
+    reader.close()
+    done = _sources(out)
+    commits = committed(bootstrap, group, layout.topics.inbound, PARTITIONS)
+    # Every committed offset has an output: nothing was committed that was not written.
+    for p, next_offset in commits.items():
+        assert all((layout.topics.inbound, p, o) in done for o in range(next_offset))
+    duplicates = len(out) - len(done)
+    print(f"kill/restart: {n} tickets, {duplicates} duplicate outputs (at-least-once)")
+
+
+def test_two_workers_share_partitions_and_route_everything(
+    bootstrap: str,
+    taxonomy_file: Path,
+    layout: Taxonomy,
+    tiny_expert_dir: Path,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    env = _env(bootstrap, taxonomy_file, tiny_expert_dir, f"g-{unique}", tmp_path)
+    a = WorkerProcess(env, tmp_path / "a.log")
+    b = WorkerProcess(env, tmp_path / "b.log")
+    try:
+        a.wait_for_event("worker_started")
+        b.wait_for_event("worker_started")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            a.metric("router_assigned_partitions") and b.metric("router_assigned_partitions")
+        ):
+            time.sleep(0.5)
+        assert (
+            a.metric("router_assigned_partitions") + b.metric("router_assigned_partitions")
+            == PARTITIONS
+        )
+        assert (
+            a.metric("router_assigned_partitions") >= 1
+            and b.metric("router_assigned_partitions") >= 1
+        )
+        n = 300
+        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
+        reader = OutputReader(bootstrap, _outputs(layout))
+        out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=240)
+        reader.close()
+        assert len(_sources(out)) == n
+        consumed_a = a.metric("router_messages_consumed_total")
+        consumed_b = b.metric("router_messages_consumed_total")
+        assert consumed_a > 0 and consumed_b > 0 and consumed_a + consumed_b >= n
+        a.signal(signal.SIGTERM)
+        b.signal(signal.SIGTERM)
+        assert a.wait() == 0 and b.wait() == 0
+    finally:
+        a.kill()
+        b.kill()
