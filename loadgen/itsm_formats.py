@@ -73,9 +73,14 @@ def _stable_int(text: str) -> int:
 
 
 def to_canonical(ticket: Ticket) -> dict[str, Any]:
-    """The canonical JSON object (what `Ticket.model_validate` reads)."""
+    """The canonical JSON object (what `Ticket.model_validate` reads).
+
+    `id`, `source`, `subject` and `created_at` are always present: the router's format
+    detection recognises a canonical ticket by them.
+    """
     data: dict[str, Any] = ticket.model_dump(mode="json", exclude_defaults=True)
     data["id"] = ticket.id
+    data["source"] = ticket.source.value
     data["created_at"] = ticket.created_at.isoformat()
     data["subject"] = ticket.subject
     return data

@@ -87,3 +87,24 @@ def test_ticket_ids_follow_each_tools_style_and_are_unique_per_run(
     assert ticket_id(fmt, run=3, seq=12) == expected
     ids = {ticket_id(fmt, run=r, seq=s) for r in (0, 1, 2) for s in range(200)}
     assert len(ids) == 600
+
+
+@pytest.mark.parametrize(
+    ("fmt", "tid"),
+    [
+        (PayloadFormat.SERVICENOW, "INC00010000042"),
+        (PayloadFormat.JIRA, "ITSM-10000042"),
+        (PayloadFormat.ZENDESK, "10000043"),
+        (PayloadFormat.CANONICAL, "T0001-0000042"),
+    ],
+)
+def test_the_routers_adapters_read_back_what_replay_renders(fmt: PayloadFormat, tid: str) -> None:
+    from schemas.parse import parse_ticket
+
+    original = TICKET.model_copy(update={"id": tid})
+    back = parse_ticket(encode(original, fmt))
+    assert back.id == tid
+    assert (back.subject, back.body) == (original.subject, original.body)
+    assert back.created_at.replace(microsecond=0) == original.created_at.replace(microsecond=0)
+    assert back.priority == original.priority
+    assert "network" in back.category_hints
