@@ -1,7 +1,7 @@
-"""The canonical inbound ticket, and the entry point that turns any ITSM payload into one.
+"""The canonical inbound ticket: the one shape every ITSM payload is mapped to.
 
 Owns the `Ticket` contract and its validation rules. The per-system mapping lives in
-`schemas.itsm`; this module does no I/O.
+`schemas.itsm` and the bytes-to-ticket entry point in `schemas.parse`; no I/O here.
 
 Oversize rule: `subject` keeps at most `MAX_SUBJECT_CHARS` characters and `body` at most
 `MAX_BODY_CHARS`; longer text is cut and ends with `TRUNCATION_MARKER`, and

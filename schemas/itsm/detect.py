@@ -7,7 +7,8 @@ checked in this order, first match wins:
 2. ServiceNow incident: `short_description` with `sys_id` or `number`, bare or inside the
    Table API's `{"result": {...}}` envelope.
 3. Zendesk ticket: a `{"ticket": {...}}` envelope, or `subject` with `requester_id`.
-4. Canonical ticket: `id`, `source`, `subject` and `created_at`.
+4. Canonical ticket: `id`, `subject` and `created_at` (`source` is optional: a canonical
+   ticket serialised without defaults omits it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from schemas.ticket import SourceSystem
 
-_CANONICAL_KEYS = frozenset({"id", "source", "subject", "created_at"})
+_CANONICAL_KEYS = frozenset({"id", "subject", "created_at"})
 
 
 def _is_servicenow_record(payload: dict[str, Any]) -> bool:

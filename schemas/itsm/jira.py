@@ -43,14 +43,14 @@ _SPACES_BEFORE_NEWLINE = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def _inline_text(kind: object, node: dict[str, Any]) -> str | None:
+def _inline_text(kind: str, node: dict[str, Any]) -> str | None:
     if kind == "text":
         text = node.get("text")
         return text if isinstance(text, str) else None
     if kind == "hardBreak":
         return "\n"
     attrs = node.get("attrs")
-    if isinstance(kind, str) and kind in _INLINE_ATTR and isinstance(attrs, dict):
+    if kind in _INLINE_ATTR and isinstance(attrs, dict):
         value = attrs.get(_INLINE_ATTR[kind]) or attrs.get("shortName")
         return value if isinstance(value, str) else None
     return None
@@ -72,6 +72,8 @@ def adf_text(doc: dict[str, Any]) -> str:
         if not isinstance(node, dict):
             continue
         kind = node.get("type")
+        if not isinstance(kind, str):
+            kind = ""
         inline = _inline_text(kind, node)
         if inline is not None:
             parts.append(inline)
