@@ -126,13 +126,22 @@ def ticket_from_payload(payload: object, *, source_format: SourceSystem | None =
     try:
         return adapter.to_ticket(payload)
     except ValidationError as exc:
-        _fail(DeadLetterReason.INVALID, describe_validation_error(exc, adapter=adapter), exc)
+        message = describe_validation_error(exc, adapter=adapter, payload=payload)
+        _fail(DeadLetterReason.INVALID, message, exc)
     except RecursionError as exc:
         _fail(DeadLetterReason.INVALID, f"{source}: nested too deeply", exc)
 
 
-def describe_validation_error(exc: ValidationError, *, adapter: Adapter) -> str:
-    """A one-line message naming each field at fault in the payload's own terms."""
+def describe_validation_error(
+    exc: ValidationError, *, adapter: Adapter, payload: dict[str, Any]
+) -> str:
+    """A one-line message naming each field at fault in the payload's own terms.
+
+    Args:
+        exc: the adapter's validation error (of its payload model or of `Ticket`).
+        adapter: the format that was being read.
+        payload: the decoded payload, to locate mapped fields inside an envelope.
+    """
     errors = exc.errors(include_url=False, include_context=False)
     # A Ticket rule broken by a mapped value is reported at the payload field it came from.
     from_ticket = exc.title == Ticket.__name__ and adapter.source is not SourceSystem.CANONICAL
@@ -140,7 +149,7 @@ def describe_validation_error(exc: ValidationError, *, adapter: Adapter) -> str:
     for error in errors[:_MAX_ERRORS_SHOWN]:
         loc = [str(part) for part in error["loc"]]
         if from_ticket and loc:
-            loc[0] = adapter.ticket_field_origins.get(loc[0], f"ticket.{loc[0]}")
+            loc[0] = adapter.origin_of(loc[0], payload)
         path = _shorten(".".join([adapter.source.value, *loc]))
         parts.append(f"{path}: {_error_text(error)}")
     if len(errors) > _MAX_ERRORS_SHOWN:

@@ -301,7 +301,9 @@ def test_zendesk_wrong_values_name_the_field(field: str, value: object, expected
 def test_zendesk_ticket_with_no_text_at_all_is_invalid_at_subject() -> None:
     payload = sample("zendesk-webhook.json")
     payload["ticket"].update(subject="", description=None)
-    assert invalid_message(payload).startswith("zendesk.subject: String should have at least 1")
+    assert invalid_message(payload).startswith(
+        "zendesk.ticket.subject: String should have at least 1"
+    )
 
 
 # --- canonical and detection -----------------------------------------------------------
@@ -349,3 +351,11 @@ def test_forced_format_overrides_detection_and_reports_that_formats_fields() -> 
 def test_unknown_extra_fields_do_not_need_valid_types() -> None:
     payload = sample("servicenow-incident.json") | {"u_weird": {"a": [None, 1.5, {"b": []}]}}
     assert ticket_from_payload(payload).custom_fields["u_weird"] == {"a": [None, 1.5, {"b": []}]}
+
+
+def test_mapped_field_errors_point_into_the_envelope() -> None:
+    payload = sample("servicenow-table-api-response.json")
+    payload["result"]["opened_at"] = "1985-01-01 00:00:00"
+    assert invalid_message(payload).startswith("servicenow.result.opened_at: before 1990")
+    bare = payload["result"]
+    assert invalid_message(bare).startswith("servicenow.opened_at: before 1990")

@@ -26,6 +26,8 @@ class Adapter:
         ticket_field_origins: the payload field each `Ticket` field comes from, so that a
             `Ticket` rule broken by a mapped value is reported at the payload's field.
         payload_json_schema: the JSON Schema of the accepted payloads.
+        envelope_key: the key of the format's envelope (`result`, `ticket`), if it has one.
+        is_enveloped: whether a payload comes in that envelope.
     """
 
     source: SourceSystem
@@ -33,6 +35,17 @@ class Adapter:
     to_ticket: Callable[[dict[str, Any]], Ticket]
     ticket_field_origins: Mapping[str, str]
     payload_json_schema: Callable[[], dict[str, Any]]
+    envelope_key: str | None = None
+    is_enveloped: Callable[[dict[str, Any]], bool] = lambda _payload: False
+
+    def origin_of(self, field: str, payload: dict[str, Any]) -> str:
+        """The payload path a `Ticket` field was mapped from (`ticket.<field>` if unmapped)."""
+        origin = self.ticket_field_origins.get(field)
+        if origin is None:
+            return f"ticket.{field}"
+        if self.envelope_key is not None and self.is_enveloped(payload):
+            return f"{self.envelope_key}.{origin}"
+        return origin
 
 
 def _canonical(payload: dict[str, Any]) -> Ticket:
@@ -51,6 +64,8 @@ ADAPTERS: Mapping[SourceSystem, Adapter] = MappingProxyType(
             to_ticket=servicenow.ticket_from_servicenow,
             ticket_field_origins=servicenow.TICKET_FIELD_ORIGINS,
             payload_json_schema=servicenow.payload_json_schema,
+            envelope_key="result",
+            is_enveloped=servicenow.is_envelope,
         ),
         SourceSystem.JIRA: Adapter(
             source=SourceSystem.JIRA,
@@ -65,6 +80,8 @@ ADAPTERS: Mapping[SourceSystem, Adapter] = MappingProxyType(
             to_ticket=zendesk.ticket_from_zendesk,
             ticket_field_origins=zendesk.TICKET_FIELD_ORIGINS,
             payload_json_schema=zendesk.payload_json_schema,
+            envelope_key="ticket",
+            is_enveloped=zendesk.is_envelope,
         ),
         SourceSystem.CANONICAL: Adapter(
             source=SourceSystem.CANONICAL,
