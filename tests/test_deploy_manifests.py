@@ -32,7 +32,6 @@ from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-K8S_BASE = DEPLOY / "k8s" / "base"
 # Kubernetes version whose schemas the manifests must satisfy (a widely run minor).
 K8S_VERSION = "1.33.0"
 # A worker needs this long after SIGTERM beyond its own drain grace (STYLE.md section 2).
@@ -194,14 +193,16 @@ def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
 # --- Kubernetes: render --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
-    """`kustomize build deploy/k8s/base` (the kustomize inside kubectl when that is all)."""
+@pytest.fixture(scope="module", params=["base", "overlays/example"])
+def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """`kustomize build` of the base and of the example overlay (kubectl's kustomize when
+    there is no kustomize binary): every check below holds for both."""
+    target = str(DEPLOY / "k8s" / request.param)
     install = "kubectl (with kustomize >= 5) ships in the machine image; see deploy/README.md"
     if shutil.which("kustomize"):
-        cmd = ["kustomize", "build", str(K8S_BASE)]
+        cmd = ["kustomize", "build", target]
     else:
-        cmd = [require_tool("kubectl", install=install), "kustomize", str(K8S_BASE)]
+        cmd = [require_tool("kubectl", install=install), "kustomize", target]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
