@@ -16,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ROUTER_METRICS__HOST=0.0.0.0 \
     ROUTER_METRICS__PORT=9464 \
     ROUTER_ENGINE__CACHE_DIR=/var/cache/ticket-router \
-    ROUTER_LOG_FORMAT=json
+    ROUTER_LOG_FORMAT=json \
+    HOME=/var/cache/ticket-router
 
 WORKDIR /opt/ticket-router
 COPY pyproject.toml README.md ticket_router.py ./
