@@ -169,6 +169,7 @@ class TimeSeries:
     sent: list[int] = field(default_factory=list)
     done: list[int] = field(default_factory=list)
     backlog: list[int] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)  # backlog without the LOST tickets
     latency_p50_s: list[float | None] = field(default_factory=list)
     latency_p95_s: list[float | None] = field(default_factory=list)
     latency_p99_s: list[float | None] = field(default_factory=list)
@@ -263,6 +264,7 @@ def _series(outcomes: Sequence[TicketOutcome], *, bin_s: float) -> TimeSeries:
     t_end = max([o.sent_at for o in outcomes] + done_times)
     n_bins = int((t_end - t0) // bin_s) + 1
     sent = np.zeros(n_bins, dtype=np.int64)
+    sent_answered = np.zeros(n_bins, dtype=np.int64)
     done = np.zeros(n_bins, dtype=np.int64)
     lat: list[list[float]] = [[] for _ in range(n_bins)]
     for o in outcomes:
@@ -270,12 +272,14 @@ def _series(outcomes: Sequence[TicketOutcome], *, bin_s: float) -> TimeSeries:
         if o.done_at is not None and o.latency_s is not None:
             b = int((o.done_at - t0) // bin_s)
             done[b] += 1
+            sent_answered[int((o.sent_at - t0) // bin_s)] += 1
             lat[b].append(o.latency_s)
     backlog = np.cumsum(sent) - np.cumsum(done)
     series.t_s = [i * bin_s for i in range(n_bins)]
     series.sent = sent.tolist()
     series.done = done.tolist()
     series.backlog = backlog.tolist()
+    series.queued = (np.cumsum(sent_answered) - np.cumsum(done)).tolist()
     for values in lat:
         p = np.percentile(values, [50, 95, 99]) if values else [None] * 3
         series.latency_p50_s.append(None if p[0] is None else float(p[0]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -424,3 +424,99 @@ def compare(
         span_s = max(arrivals_s[-1] - arrivals_s[0], 1.0) if len(arrivals_s) else 1.0
         days = span_s / 86_400
     return Comparison(results=results, tickets_per_day=len(arrivals_s) / days, days=days)
+
+
+@dataclass(frozen=True, slots=True)
+class DeskAssumptions:
+    """The service desk's numbers that are assumptions, not measurements (all overridable).
+
+    Attributes:
+        handling_min_by_tier: mean handling time per queue tier, minutes.
+        handling_cv: coefficient of variation of handling times (1 = exponential).
+        reassignment_penalty_min: agent minutes lost per misrouted ticket.
+        triage_min: minutes a human triage agent spends per ticket.
+        utilisation: staffing target at the busiest hour of normal traffic (storms excluded,
+            so a storm builds a backlog, as it does on a real desk).
+        manual_min_per_ticket: dispatcher minutes per ticket under manual dispatch.
+        manual_accuracy: share of tickets a dispatcher sends to the right queue.
+    """
+
+    handling_min_by_tier: Mapping[str, float] = field(
+        default_factory=lambda: dict(TIER_HANDLING_MIN)
+    )
+    handling_cv: float = 1.0
+    reassignment_penalty_min: float = 15.0
+    triage_min: float = 5.0
+    utilisation: float = 0.85
+    manual_min_per_ticket: float = 4.0
+    manual_accuracy: float = 0.85
+
+
+def build_desk(
+    assumptions: DeskAssumptions,
+    *,
+    tiers: Mapping[str, str],
+    peak_per_h: Mapping[str, float],
+    triage_share: float,
+) -> ServiceDesk:
+    """Staff every queue and the triage desk for the busiest hour at the target utilisation.
+
+    Args:
+        assumptions: handling times and staffing target.
+        tiers: queue -> tier name (L1/L2/L3).
+        peak_per_h: queue -> tickets in the busiest hour of normal traffic.
+        triage_share: expected share of tickets sent to triage (sizes the triage desk).
+    """
+    handling = {
+        q: HandlingTime(assumptions.handling_min_by_tier[tiers[q]], assumptions.handling_cv)
+        for q in tiers
+    }
+    agents = staff(peak_per_h=peak_per_h, handling=handling, utilisation=assumptions.utilisation)
+    triage_time = HandlingTime(assumptions.triage_min, assumptions.handling_cv)
+    triage_agents = staff(
+        peak_per_h={"triage": sum(peak_per_h.values()) * max(triage_share, 0.01)},
+        handling={"triage": triage_time},
+        utilisation=assumptions.utilisation,
+    )["triage"]
+    return ServiceDesk(
+        queues={q: Desk(agents[q], handling[q]) for q in tiers},
+        triage=Desk(triage_agents, triage_time),
+        reassignment_penalty=HandlingTime(assumptions.reassignment_penalty_min),
+    )
+
+
+def dispatchers_for(assumptions: DeskAssumptions, *, peak_total_per_h: float) -> int:
+    """Dispatchers a manual desk needs for the busiest hour at the target utilisation."""
+    return max(
+        1,
+        math.ceil(
+            peak_total_per_h * assumptions.manual_min_per_ticket / 60 / assumptions.utilisation
+        ),
+    )
+
+
+def assign_truths(
+    storm_queues: Sequence[str | None], *, shares: Mapping[str, float], seed: int
+) -> list[str]:
+    """Each arrival's true queue: its storm's queue, else drawn from `shares` (pure)."""
+    names = list(shares)
+    p = np.asarray([shares[q] for q in names], dtype=np.float64)
+    draws = np.random.default_rng(seed).choice(len(names), size=len(storm_queues), p=p / p.sum())
+    return [
+        sq if sq is not None else names[int(d)] for sq, d in zip(storm_queues, draws, strict=True)
+    ]
+
+
+def comparison_json(
+    comparison: Comparison, *, baseline: str, assumptions: Mapping[str, Any]
+) -> dict[str, Any]:
+    """JSON-ready form of a comparison, as `loadgen.report` reads it."""
+    return {
+        "tickets": comparison.results[0].tickets if comparison.results else 0,
+        "days": comparison.days,
+        "tickets_per_day": comparison.tickets_per_day,
+        "baseline": baseline,
+        "results": [asdict(r) for r in comparison.results],
+        "saved_vs_baseline": comparison.saved_vs(baseline),
+        "assumptions": dict(assumptions),
+    }

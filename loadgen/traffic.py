@@ -196,6 +196,20 @@ class Schedule:
         counts, _ = np.histogram(self.times_s, bins=edges)
         return counts.astype(np.int64)
 
+    def window(self, from_s: float, to_s: float) -> Schedule:
+        """The arrivals in `[from_s, to_s)`, re-based so `from_s` becomes offset 0.
+
+        Storms keep their index; their `at_s` stays relative to the original start.
+        """
+        keep = (self.times_s >= from_s) & (self.times_s < to_s)
+        return Schedule(
+            start=self.start + timedelta(seconds=from_s),
+            duration_s=min(to_s, self.duration_s) - from_s,
+            times_s=self.times_s[keep] - from_s,
+            storm_index=self.storm_index[keep],
+            storms=self.storms,
+        )
+
     def at(self, index: int) -> datetime:
         """Wall-clock time of arrival `index`."""
         return self.start + timedelta(seconds=float(self.times_s[index]))

@@ -110,6 +110,7 @@ def test_series_has_sent_done_and_backlog_per_bin() -> None:
     assert s.sent == [4, 1]
     assert s.done == [3, 1]
     assert s.backlog == [1, 1]  # c waits over the bin edge; e never comes out
+    assert s.queued == [1, 0]  # the same without the LOST ticket
     assert s.latency_p50_s[0] == pytest.approx(1.0)
 
 

@@ -106,3 +106,12 @@ def test_invalid_models_are_refused() -> None:
         TrafficModel(peak_to_trough=1.0)
     with pytest.raises(ValueError, match="weekday_factors"):
         TrafficModel(weekday_factors=(1.0,) * 5)
+
+
+def test_window_rebases_arrivals_to_its_start() -> None:
+    model = TrafficModel(daily_volume=20_000)
+    day = sample(model, start=WEDNESDAY, duration_s=DAY_S, seed=5)
+    morning = day.window(8 * 3600, 12 * 3600)
+    inside = day.times_s[(day.times_s >= 8 * 3600) & (day.times_s < 12 * 3600)]
+    assert np.array_equal(morning.times_s, inside - 8 * 3600)
+    assert morning.start == WEDNESDAY.replace(hour=8) and morning.duration_s == 4 * 3600
