@@ -101,14 +101,3 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         return {p.partition: p.offset for p in parts if p.offset >= 0}
     finally:
         c.close()
-
-
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
-    try:
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        c.close()

@@ -6,6 +6,7 @@ dead-letter), through kills, restarts, two workers in a group and a drain on SIG
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
-from tests.kafka_helpers import OutputReader, committed, end_offsets, produce
+from tests.kafka_helpers import OutputReader, committed, produce
 from worker.broker import TopicLayout, create_layout
 from worker.config import Settings
 from worker.runner import started_worker
@@ -175,9 +176,12 @@ async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
     )
     registry = CollectorRegistry()
     async with started_worker(settings, registry=registry) as worker:
-        ready = urllib.request.urlopen  # noqa: S310 - loopback probe
         await worker.pipeline.run(worker.source, stop_after=n + len(BAD))
-        assert ready(f"http://127.0.0.1:{worker.health_port}/healthz", timeout=5).status == 200
+        probe = f"http://127.0.0.1:{worker.health_port}"
+        health = await asyncio.to_thread(urllib.request.urlopen, f"{probe}/healthz", timeout=5)
+        assert health.status == 200
+        metrics_text = (await asyncio.to_thread(urllib.request.urlopen, f"{probe}/metrics", timeout=5)).read()
+        assert b"router_tickets_routed_total" in metrics_text
     reader = OutputReader(bootstrap, _outputs(layout))
     out = reader.read_until(lambda rs: len(_sources(rs)) >= n + len(BAD), timeout_s=60)
     reader.close()
@@ -198,10 +202,12 @@ async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
             assert r.topic == layout.topic_for(routed.decision.queue)
         assert r.key == routed.ticket.id.encode()
     # Offsets committed to the end of every partition, only after the outputs were written.
-    ends = end_offsets(bootstrap, layout.topics.inbound, PARTITIONS)
-    assert committed(bootstrap, f"g-{unique}", layout.topics.inbound, PARTITIONS) == {
-        p: e for p, e in ends.items() if e > 0
-    }
+    # (Computed from the outputs: the embedded broker's ListOffsets reports a wrong high
+    # watermark for batched records, so end offsets are not asked of it.)
+    ends: dict[int, int] = {}
+    for _t, p, o in _sources(out):
+        ends[p] = max(ends.get(p, 0), o + 1)
+    assert committed(bootstrap, f"g-{unique}", layout.topics.inbound, PARTITIONS) == ends
     get = registry.get_sample_value
     routed_total = sum(get("router_tickets_routed_total", {"queue": q}) or 0 for q in layout.labels)
     triaged = sum(
