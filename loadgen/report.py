@@ -137,11 +137,14 @@ def _replay_md(replay: Json) -> list[str]:
         f" {replay['sent']} sent, {replay['delivered']} acknowledged, {replay['failed']} failed,"
         f" {_fmt(replay['wall_s'], '.1f', ' s')} wall, {_fmt(replay['send_rate_per_s'], '.1f')}"
         " tickets/s.",
-        f"Send lag (actual - scheduled): p50 {_fmt(replay['lag_p50_s'] * 1000, '.1f', ' ms')},"
-        f" p99 {_fmt(replay['lag_p99_s'] * 1000, '.1f', ' ms')},"
-        f" max {_fmt(replay['lag_max_s'] * 1000, '.1f', ' ms')}"
-        + (" (stopped at its wall-time bound)" if replay.get("stopped_early") else "")
-        + ".",
+        (
+            f"Send lag (actual - scheduled): p50 {_fmt(replay['lag_p50_s'] * 1000, '.1f', ' ms')},"
+            f" p99 {_fmt(replay['lag_p99_s'] * 1000, '.1f', ' ms')},"
+            f" max {_fmt(replay['lag_max_s'] * 1000, '.1f', ' ms')}."
+            if replay.get("speedup")
+            else "No schedule (as fast as possible), so no send lag."
+        )
+        + (" Stopped at its wall-time bound." if replay.get("stopped_early") else ""),
         "",
     ]
 
@@ -188,7 +191,7 @@ def _collect_md(c: Json) -> list[str]:
         "",
     ]
     if c.get("lost_ids"):
-        lines += [f"LOST (first {len(c['lost_ids'])}): {', '.join(c['lost_ids'][:20])}", ""]
+        lines += [f"LOST: {c['lost']}; first ids: {', '.join(c['lost_ids'][:20])}", ""]
     if c.get("duplicated_ids"):
         dupes = ", ".join(f"{k} x{v}" for k, v in list(c["duplicated_ids"].items())[:20])
         lines += [f"DUPLICATED: {dupes}", ""]
@@ -210,8 +213,9 @@ def _mttr_md(m: Json) -> list[str]:
     lines = [
         "## MTTR by scenario (service-desk simulation)",
         "",
-        f"{m['tickets']} tickets over {_fmt(m['days'], '.3g')} day(s); assumptions:"
-        f" {m.get('assumptions', {})}.",
+        f"{m['tickets']} tickets over {_fmt(m['days'], '.3g')} day(s). Assumptions: "
+        + "; ".join(f"{k} {_assumption(v)}" for k, v in m.get("assumptions", {}).items())
+        + ".",
         "",
         *_table(
             ["scenario", "routing time", "MTTR mean h", "MTTR p90 h", "misrouted", "triaged"], rows
@@ -245,6 +249,14 @@ def _mttr_md(m: Json) -> list[str]:
     return lines
 
 
+def _assumption(value: Any) -> str:
+    if isinstance(value, Mapping):
+        if all(isinstance(v, int) for v in value.values()):
+            return f"{sum(value.values())} in total"
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return _fmt(value)
+
+
 def _capacity_md(cap: Json) -> list[str]:
     lines = [
         "## Capacity and cost",
@@ -276,7 +288,13 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
         lines += [
             "## Traffic",
             "",
-            ", ".join(f"{k} {_fmt(v)}" for k, v in traffic.items() if not isinstance(v, list)),
+            f"Schedule from {traffic.get('start')} for {_fmt(traffic.get('hours'), '.3g')} h:"
+            f" {traffic.get('sampled')} tickets sampled ({_fmt(traffic.get('expected'), ',.0f')}"
+            f" expected) at a daily volume of {_fmt(traffic.get('daily_volume'), ',.0f')},"
+            f" intraday peak/trough {_fmt(traffic.get('peak_to_trough'), '.3g')};"
+            f" storms: {'; '.join(traffic.get('storms') or []) or 'none'}"
+            f" ({traffic.get('storm_tickets', 0)} storm tickets);"
+            f" peak {_fmt(traffic.get('peak_per_s'), '.2f')}/s (1-min bins).",
             "",
         ]
     if report.get("replay"):
@@ -327,7 +345,7 @@ def plot(report: Json, out_dir: Path) -> dict[str, str]:
         ax.legend()
         figures["Latency percentiles over time"] = _save(fig, out_dir, "latency.png")
     replay = report.get("replay")
-    if replay and replay.get("lag_series"):
+    if replay and replay.get("speedup") and replay.get("lag_series"):
         due, lag = zip(*replay["lag_series"], strict=True)
         fig, ax = plt.subplots(figsize=(9, 3))
         ax.plot([d / 60 for d in due], [x * 1000 for x in lag], ".", markersize=3)
