@@ -1,0 +1,133 @@
+"""The expert's model card (`expert.json`): what a model directory answers and how to prompt it.
+
+Owns the card's schema and its (de)serialisation to text. It does no file I/O: `build`
+writes the card and `engine.load_card` reads it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from expert.prompt import DEFAULT_TEMPLATE, validate_template
+
+CARD_FILENAME = "expert.json"
+CARD_FORMAT_VERSION = 1
+
+
+class AdapterInfo(BaseModel):
+    """The LoRA adapter a card describes (absent for full models).
+
+    Attributes:
+        rank: LoRA rank `r`.
+        alpha: LoRA scaling numerator.
+        target_modules: the projections the adapter modifies.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(ge=1)
+    alpha: float
+    target_modules: tuple[str, ...]
+
+
+class TrainingInfo(BaseModel):
+    """How the expert was trained: the figures eval reports and the split it must reuse.
+
+    Attributes:
+        data_path: the training file as given on the command line.
+        data_sha256: digest of that file, so eval can tell it is scoring the same data.
+        text_col: the text field (CSV column or JSONL key).
+        label_col: the label field.
+        split_seed: seed of the random train/test split.
+        test_fraction: share of examples held out (never trained on).
+        train_examples: examples trained on.
+        test_examples: examples held out.
+        epochs: passes over the training part.
+        parameters: trainable parameters.
+        total_parameters: all parameters of the trained model.
+        build_time_s: wall time of training and saving.
+        final_loss: mean classification loss of the last epoch.
+        config: the remaining build settings (architecture, optimiser), for the record.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_path: str
+    data_sha256: str
+    text_col: str
+    label_col: str
+    split_seed: int
+    test_fraction: float = Field(ge=0.0, lt=1.0)
+    train_examples: int
+    test_examples: int
+    epochs: float
+    parameters: int
+    total_parameters: int
+    build_time_s: float
+    final_loss: float
+    config: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class ExpertCard(BaseModel):
+    """What a model (or adapter) directory answers, and how it must be prompted.
+
+    Attributes:
+        format_version: card format version.
+        model_id: a stable name for the expert (logged and exported as a metric label).
+        labels: the answers, in a stable order.
+        label_tokens: label -> the single token string the model emits for it.
+        prompt_template: instruction template with one `{ticket}` slot.
+        max_prompt_tokens: prompts are cut to this many tokens.
+        base_model: the base model directory or name; None for a from-scratch model.
+        adapter: LoRA details when the directory holds an adapter, else None.
+        training: training figures, None when unknown.
+        created_at: when the card was written.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = CARD_FORMAT_VERSION
+    model_id: str = Field(min_length=1, max_length=128)
+    labels: tuple[str, ...] = Field(min_length=2)
+    label_tokens: dict[str, str]
+    prompt_template: str = DEFAULT_TEMPLATE
+    max_prompt_tokens: int = Field(ge=8)
+    base_model: str | None = None
+    adapter: AdapterInfo | None = None
+    training: TrainingInfo | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _labels_have_distinct_tokens(self) -> Self:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        missing = [label for label in self.labels if label not in self.label_tokens]
+        extra = sorted(set(self.label_tokens) - set(self.labels))
+        if missing or extra:
+            raise ValueError(
+                f"label_tokens must cover labels exactly; missing {missing}, extra {extra}"
+            )
+        tokens = [self.label_tokens[label] for label in self.labels]
+        if len(set(tokens)) != len(tokens) or not all(tokens):
+            raise ValueError("label tokens must be distinct and non-empty")
+        validate_template(self.prompt_template)
+        if self.adapter is not None and self.base_model is None:
+            raise ValueError("an adapter card must name its base_model")
+        return self
+
+    @property
+    def label_token_list(self) -> list[str]:
+        """The label token strings in label order."""
+        return [self.label_tokens[label] for label in self.labels]
+
+    def to_json(self) -> str:
+        """The card as pretty JSON text."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ExpertCard:
+        """Parse a card (raises pydantic's ValidationError when invalid)."""
+        return cls.model_validate_json(text)

@@ -1,0 +1,505 @@
+"""Serving the expert: the only module that imports `vllm`.
+
+Owns loading a model directory (card, weights, optional LoRA adapter) into real vLLM, the
+label-constrained request, and the label-probability confidence. Two front ends share that:
+`StreamingExpert` (AsyncLLM, continuous batching, for the worker) and `BatchExpert`
+(in-process offline `vllm.LLM`, for evaluation and benchmarks).
+
+`vllm` is imported inside `start()`, after the vLLM environment defaults are set from the
+`EngineConfig`, so importing this module stays cheap (the CLI imports it). Environment
+defaults are process-wide: the first engine started in a process fixes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import structlog
+from pydantic import ValidationError
+
+from expert.card import CARD_FILENAME, ExpertCard
+from expert.prompt import prompt_token_ids
+
+log = structlog.get_logger(__name__)
+
+# vLLM accepts only these values for max_lora_rank.
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+_WARMUP_TEXT = "warm-up ticket: laptop will not start"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The expert's answer for one ticket.
+
+    Attributes:
+        label: always one of the card's labels.
+        confidence: probability of `label`, normalised over the labels.
+        probabilities: every label -> probability; sums to 1.
+        latency_s: submit -> answer, seconds.
+    """
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    latency_s: float
+
+
+class ExpertLoadError(Exception):
+    """The model directory is missing, unreadable or not an expert; the message says why."""
+
+
+class LabelMismatchError(ExpertLoadError):
+    """The card's labels differ from the taxonomy's; the message lists the difference.
+
+    Attributes:
+        missing: taxonomy labels the expert cannot answer.
+        unexpected: expert labels the taxonomy does not know.
+    """
+
+    def __init__(self, message: str, *, missing: list[str], unexpected: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+
+
+class EngineFailure(Exception):
+    """The engine died or returned nothing: never route on it."""
+
+
+class EngineConfig(pydantic.BaseModel, frozen=True):
+    """How to serve an expert.
+
+    Attributes:
+        model_dir: the model directory (or the base model of `adapter_dir`).
+        adapter_dir: optional peft LoRA adapter served on top of `model_dir`.
+        max_num_seqs: most requests batched at once.
+        kv_cache_gib: KV-cache size.
+        dtype: weights and activations dtype.
+        max_model_len: longest sequence (prompt + answer) the engine accepts.
+        cache_dir: vLLM and inductor caches and RPC sockets go under it.
+    """
+
+    model_dir: Path
+    adapter_dir: Path | None = None
+    max_num_seqs: int = 256
+    kv_cache_gib: float = 1.0
+    dtype: str = "bfloat16"
+    max_model_len: int = 512
+    cache_dir: Path = Path(".state/vllm-cache")
+
+
+def load_card(model_dir: Path) -> ExpertCard:
+    """Read and validate `<model_dir>/expert.json`.
+
+    Raises:
+        ExpertLoadError: the directory or card is missing, unreadable or invalid.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ExpertLoadError(f"{model_dir}: expert directory does not exist")
+    card_path = model_dir / CARD_FILENAME
+    try:
+        text = card_path.read_text("utf-8")
+    except FileNotFoundError as exc:
+        raise ExpertLoadError(
+            f"{model_dir}: not an expert directory (no {CARD_FILENAME}; build one with "
+            "`ticket-router expert build`)"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExpertLoadError(f"{card_path}: cannot read the model card: {exc}") from exc
+    try:
+        return ExpertCard.from_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ExpertLoadError(f"{card_path}: invalid model card: {problems}") from exc
+
+
+def check_labels(card: ExpertCard, labels: Sequence[str]) -> None:
+    """Check that the expert answers exactly `labels` (order does not matter).
+
+    Raises:
+        LabelMismatchError: listing the labels missing from the card and those unknown.
+    """
+    missing = sorted(set(labels) - set(card.labels))
+    unexpected = sorted(set(card.labels) - set(labels))
+    if missing or unexpected:
+        raise LabelMismatchError(
+            f"expert {card.model_id!r} labels differ from the taxonomy: "
+            f"missing from the expert {missing}; unknown to the taxonomy {unexpected}",
+            missing=missing,
+            unexpected=unexpected,
+        )
+
+
+def label_probabilities(
+    card: ExpertCard, logprobs: Mapping[int, Any], label_token_ids: Sequence[int]
+) -> dict[str, float]:
+    """Softmax of the label tokens' logprobs, over the labels only.
+
+    Args:
+        card: gives the label order.
+        logprobs: token id -> vLLM `Logprob` (or a bare float) for the answer position.
+        label_token_ids: the token id of each label, in card order.
+
+    Raises:
+        EngineFailure: no label has a finite logprob.
+    """
+    values: list[float] = []
+    for token_id in label_token_ids:
+        entry = logprobs.get(token_id)
+        value = getattr(entry, "logprob", entry)
+        values.append(float(value) if value is not None else -math.inf)
+    top = max(values)
+    if not math.isfinite(top):
+        raise EngineFailure("the engine returned no finite logprob for any label")
+    weights = [math.exp(v - top) for v in values]
+    total = sum(weights)
+    return {label: w / total for label, w in zip(card.labels, weights, strict=True)}
+
+
+def _prediction(
+    card: ExpertCard, output: Any, label_token_ids: Sequence[int], latency_s: float
+) -> Prediction:
+    completions = getattr(output, "outputs", None)
+    if not completions or not completions[0].logprobs:
+        raise EngineFailure("the engine returned no answer for the request")
+    probabilities = label_probabilities(card, completions[0].logprobs[0], label_token_ids)
+    label = max(probabilities, key=probabilities.__getitem__)
+    return Prediction(
+        label=label,
+        confidence=probabilities[label],
+        probabilities=probabilities,
+        latency_s=latency_s,
+    )
+
+
+def _set_env_defaults(config: EngineConfig, *, in_process: bool) -> None:
+    cache = config.cache_dir.resolve()
+    for sub in ("vllm", "inductor", "rpc"):
+        (cache / sub).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(config.kv_cache_gib))))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("VLLM_RPC_BASE_PATH", str(cache / "rpc"))
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if in_process:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class _Loaded:
+    """What both front ends need once a model is loaded: card, tokenizer, request shape."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.base_card: ExpertCard | None = None
+        self.card = self._read_cards()
+        self.lora_request: Any = None
+        self.label_token_ids: list[int] = []
+        self.tokenizer: Any = None
+        self.params: Any = None
+
+    def _read_cards(self) -> ExpertCard:
+        model_dir = self.config.model_dir
+        if not (Path(model_dir) / "config.json").is_file():
+            if not Path(model_dir).is_dir():
+                raise ExpertLoadError(f"{model_dir}: expert directory does not exist")
+            raise ExpertLoadError(f"{model_dir}: no config.json, not a model directory")
+        if self.config.adapter_dir is None:
+            card = load_card(model_dir)
+            if card.adapter is not None:
+                raise ExpertLoadError(
+                    f"{model_dir}: holds a LoRA adapter; serve it as adapter_dir on top of "
+                    f"its base model {card.base_model}"
+                )
+            return card
+        if (Path(model_dir) / CARD_FILENAME).is_file():
+            self.base_card = load_card(model_dir)
+        card = load_card(self.config.adapter_dir)
+        if card.adapter is None:
+            raise ExpertLoadError(f"{self.config.adapter_dir}: card describes no LoRA adapter")
+        if not (Path(self.config.adapter_dir) / "adapter_config.json").is_file():
+            raise ExpertLoadError(f"{self.config.adapter_dir}: no adapter_config.json")
+        return card
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        card = self.card
+        if card.max_prompt_tokens + 1 > self.config.max_model_len:
+            raise ExpertLoadError(
+                f"card max_prompt_tokens={card.max_prompt_tokens} does not fit "
+                f"max_model_len={self.config.max_model_len}"
+            )
+        kwargs: dict[str, Any] = {
+            "model": str(self.config.model_dir),
+            "tokenizer": str(self.config.model_dir),
+            "dtype": self.config.dtype,
+            "max_model_len": self.config.max_model_len,
+            "max_num_seqs": self.config.max_num_seqs,
+            "kv_cache_memory_bytes": int(self.config.kv_cache_gib * 2**30),
+            "enforce_eager": True,
+            "max_logprobs": max(20, len(card.labels)),
+            "seed": 0,
+        }
+        if card.adapter is not None:
+            rank = next((r for r in _VLLM_LORA_RANKS if r >= card.adapter.rank), None)
+            if rank is None:
+                raise ExpertLoadError(f"LoRA rank {card.adapter.rank} is above vLLM's maximum")
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+        return kwargs
+
+    def bind(self, tokenizer: Any) -> None:
+        """Resolve label token ids and build the per-request sampling parameters."""
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import StructuredOutputsParams
+
+        ids: list[int] = []
+        for label, token in zip(self.card.labels, self.card.label_token_list, strict=True):
+            encoded = tokenizer.encode(token, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ExpertLoadError(
+                    f"label {label!r}: token {token!r} is {len(encoded)} tokens in the "
+                    "model's vocabulary, expected exactly one"
+                )
+            ids.append(int(encoded[0]))
+        self.label_token_ids = ids
+        self.tokenizer = tokenizer
+        self.params = SamplingParams(
+            temperature=0.0,
+            max_tokens=1,
+            structured_outputs=StructuredOutputsParams(choice=self.card.label_token_list),
+            logprob_token_ids=ids,
+        )
+        if self.config.adapter_dir is not None:
+            self.lora_request = LoRARequest(
+                lora_name=self.card.model_id,
+                lora_int_id=1,
+                lora_path=str(Path(self.config.adapter_dir).resolve()),
+            )
+
+    def prompt(self, text: str) -> dict[str, list[int]]:
+        """The tokens prompt for one ticket text, cut to the card's limit."""
+        ids = prompt_token_ids(
+            text,
+            tokenizer=self.tokenizer,
+            template=self.card.prompt_template,
+            max_prompt_tokens=self.card.max_prompt_tokens,
+            reserved=self.card.label_token_list,
+        )
+        return {"prompt_token_ids": ids}
+
+
+class StreamingExpert:
+    """The expert on vLLM's AsyncLLM: continuous batching for the streaming worker.
+
+    The engine core runs in a child process; start it before any Kafka client exists.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._loaded: _Loaded | None = None
+        self._engine: Any = None
+        self._in_flight = 0
+
+    @property
+    def card(self) -> ExpertCard:
+        """The served expert's card (the adapter's card when an adapter is served)."""
+        return self._require_loaded().card
+
+    @property
+    def model_id(self) -> str:
+        """The base model's id (the adapter's card names it when serving an adapter)."""
+        loaded = self._require_loaded()
+        if loaded.config.adapter_dir is None:
+            return loaded.card.model_id
+        if loaded.base_card is not None:
+            return loaded.base_card.model_id
+        return str(loaded.card.base_model)
+
+    @property
+    def adapter_id(self) -> str | None:
+        """The served adapter's id, or None."""
+        loaded = self._require_loaded()
+        return loaded.card.model_id if loaded.config.adapter_dir is not None else None
+
+    def _require_loaded(self) -> _Loaded:
+        if self._loaded is None:
+            raise EngineFailure("the expert is not started")
+        return self._loaded
+
+    async def start(self) -> None:
+        """Load the card, start AsyncLLM and warm it up.
+
+        Raises:
+            ExpertLoadError: the model cannot be loaded.
+        """
+        loaded = _Loaded(self._config)
+        kwargs = loaded.engine_kwargs()
+        _set_env_defaults(self._config, in_process=False)
+        started = time.perf_counter()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        try:
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+            loaded.bind(self._engine.get_tokenizer())
+        except (OSError, ValueError, RuntimeError) as exc:
+            await self.shutdown()
+            raise ExpertLoadError(
+                f"{self._config.model_dir}: vLLM could not load it: {exc}"
+            ) from exc
+        self._loaded = loaded
+        # The first logprob request compiles a sampler op; pay for it here.
+        await self.classify(_WARMUP_TEXT, request_id="warmup-0")
+        log.info(
+            "expert_started",
+            model_id=self.model_id,
+            adapter_id=self.adapter_id,
+            labels=len(loaded.card.labels),
+            mode="streaming",
+            latency_s=round(time.perf_counter() - started, 3),
+        )
+
+    async def classify(self, text: str, *, request_id: str) -> Prediction:
+        """Classify one ticket text.
+
+        Args:
+            text: `Ticket.text()`; cut to the card's prompt limit, never rejected.
+            request_id: unique per in-flight request.
+
+        Raises:
+            EngineFailure: the engine is dead or returned nothing.
+            asyncio.CancelledError: re-raised after the vLLM request is aborted.
+        """
+        loaded = self._require_loaded()
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        engine = self._engine
+        if engine is None or engine.errored:
+            raise EngineFailure("the engine is not running")
+        prompt = loaded.prompt(text)
+        started = time.perf_counter()
+        final = None
+        self._in_flight += 1
+        try:
+            async for output in engine.generate(
+                prompt, loaded.params, request_id=request_id, lora_request=loaded.lora_request
+            ):
+                final = output
+        except asyncio.CancelledError:
+            try:
+                await engine.abort(request_id)
+            except EngineDeadError:
+                log.warning("abort_skipped", request_id=request_id, reason="engine_dead")
+            raise
+        except (EngineDeadError, EngineGenerateError) as exc:
+            raise EngineFailure(f"the engine failed on request {request_id}: {exc!r}") from exc
+        finally:
+            self._in_flight -= 1
+        return _prediction(
+            loaded.card, final, loaded.label_token_ids, time.perf_counter() - started
+        )
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) requests now, best effort: this client's in-flight requests,
+        split at `max_num_seqs` (the most the engine runs at once)."""
+        running = min(self._in_flight, self._config.max_num_seqs)
+        return running, self._in_flight - running
+
+    async def shutdown(self) -> None:
+        """Stop the engine core (idempotent)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+            log.info("expert_stopped", mode="streaming")
+
+
+class BatchExpert:
+    """The expert on the in-process offline `vllm.LLM`, for evaluation and benchmarks."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._loaded: _Loaded | None = None
+        self._llm: Any = None
+
+    @property
+    def card(self) -> ExpertCard:
+        """The served expert's card."""
+        if self._loaded is None:
+            raise EngineFailure("the expert is not started")
+        return self._loaded.card
+
+    def start(self) -> None:
+        """Load the card and the model in-process, and warm up.
+
+        Raises:
+            ExpertLoadError: the model cannot be loaded.
+        """
+        loaded = _Loaded(self._config)
+        kwargs = loaded.engine_kwargs()
+        _set_env_defaults(self._config, in_process=True)
+        started = time.perf_counter()
+        from vllm import LLM
+
+        try:
+            self._llm = LLM(**kwargs)
+            loaded.bind(self._llm.get_tokenizer())
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.close()
+            raise ExpertLoadError(
+                f"{self._config.model_dir}: vLLM could not load it: {exc}"
+            ) from exc
+        self._loaded = loaded
+        self.classify_batch([_WARMUP_TEXT])
+        log.info(
+            "expert_started",
+            model_id=loaded.card.model_id,
+            labels=len(loaded.card.labels),
+            mode="batch",
+            latency_s=round(time.perf_counter() - started, 3),
+        )
+
+    def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        """Classify many ticket texts in one offline batch.
+
+        `latency_s` of each prediction is the whole batch's wall time (all are submitted
+        together and answered by the end).
+
+        Raises:
+            EngineFailure: the engine is not started or returned too few answers.
+        """
+        if self._loaded is None or self._llm is None:
+            raise EngineFailure("the expert is not started")
+        if not texts:
+            return []
+        loaded = self._loaded
+        prompts = [loaded.prompt(text) for text in texts]
+        started = time.perf_counter()
+        outputs = self._llm.generate(
+            prompts, loaded.params, use_tqdm=False, lora_request=loaded.lora_request
+        )
+        latency_s = time.perf_counter() - started
+        if len(outputs) != len(texts):
+            raise EngineFailure(f"{len(texts)} prompts submitted, {len(outputs)} answered")
+        return [_prediction(loaded.card, out, loaded.label_token_ids, latency_s) for out in outputs]
+
+    def close(self) -> None:
+        """Release the in-process engine (idempotent)."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            log.info("expert_stopped", mode="batch")

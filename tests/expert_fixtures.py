@@ -1,0 +1,115 @@
+"""Expert fixtures: a tiny expert built in seconds, and real vLLM engines serving it.
+
+Loaded by tests/conftest.py as a pytest plugin. Session-scoped: the tiny expert is built once
+per run (about ten seconds on two cores), and each engine starts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from expert.build import BuildConfig, build_expert, build_lora
+from expert.engine import BatchExpert, EngineConfig, StreamingExpert
+from loadgen.corpus import generate, write_jsonl
+from schemas.taxonomy import Taxonomy
+
+REPO = Path(__file__).resolve().parents[1]
+# A cache shared by every test engine in the repo: vLLM's compiled sampler op is reused.
+VLLM_CACHE = REPO / ".state" / "vllm-cache"
+
+TINY_CONFIG = BuildConfig(
+    model_id="tiny-expert",
+    vocab_size=400,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=1,
+    intermediate_size=128,
+    max_prompt_tokens=64,
+    epochs=3,
+    batch_size=32,
+    learning_rate=5e-3,
+    lm_loss_weight=0.0,
+)
+TINY_LORA_CONFIG = TINY_CONFIG.model_copy(
+    update={"model_id": "tiny-lora", "epochs": 1, "learning_rate": 1e-2, "lora_rank": 16}
+)
+TINY_TICKETS = 1200
+
+
+def tiny_engine_config(model_dir: Path, adapter_dir: Path | None = None) -> EngineConfig:
+    """A small-footprint engine config for tests."""
+    return EngineConfig(
+        model_dir=model_dir,
+        adapter_dir=adapter_dir,
+        max_num_seqs=64,
+        kv_cache_gib=1.0,
+        max_model_len=128,
+        cache_dir=VLLM_CACHE,
+    )
+
+
+# The tiny LoRA adapter is taught to send every ticket here: a change that is quick to learn
+# and plain to see in vLLM's answers.
+LORA_TARGET_QUEUE = "facilities_other"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small labeled synthetic corpus (JSONL) covering every taxonomy queue."""
+    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
+    write_jsonl(generate(TINY_TICKETS, seed=7), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_expert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
+    """A tiny from-scratch expert (~0.1M parameters) answering the taxonomy's queues."""
+    out = tmp_path_factory.mktemp("experts") / "tiny-expert"
+    build_expert(tiny_corpus_path, out, config=TINY_CONFIG, taxonomy_labels=Taxonomy.load().labels)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path, tiny_expert_dir: Path
+) -> Path:
+    """A LoRA adapter on the tiny expert, taught to answer `LORA_TARGET_QUEUE` for all."""
+    import json
+
+    root = tmp_path_factory.mktemp("lora")
+    data = root / "relabeled.jsonl"
+    with tiny_corpus_path.open() as src, data.open("w") as dst:
+        for line in src:
+            record = json.loads(line)
+            record["label"] = LORA_TARGET_QUEUE
+            dst.write(json.dumps(record) + "\n")
+    out = root / "tiny-lora"
+    build_lora(
+        data,
+        out,
+        base_dir=tiny_expert_dir,
+        config=TINY_LORA_CONFIG,
+        taxonomy_labels=Taxonomy.load().labels,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def batch_expert(tiny_expert_dir: Path) -> Iterator[BatchExpert]:
+    """The tiny expert in the in-process offline vLLM engine."""
+    expert = BatchExpert(tiny_engine_config(tiny_expert_dir))
+    expert.start()
+    yield expert
+    expert.close()
+
+
+@pytest.fixture(scope="session")
+async def streaming_expert(tiny_expert_dir: Path) -> AsyncIterator[StreamingExpert]:
+    """The tiny expert in vLLM's AsyncLLM (engine core in a child process)."""
+    expert = StreamingExpert(tiny_engine_config(tiny_expert_dir))
+    await expert.start()
+    yield expert
+    await expert.shutdown()
