@@ -28,7 +28,7 @@ from schemas.taxonomy import Taxonomy
 from schemas.ticket import Ticket
 from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
 from worker.config import Settings
-from worker.kafka_io import TP, Publisher, Source
+from worker.kafka_io import TP, ConsumerThreadOps, Publisher, Source
 
 log = structlog.get_logger(__name__)
 console = Console()
@@ -47,10 +47,10 @@ class BenchResult:
 class _NoRebalance:
     def on_assigned(self, tps: list[TP]) -> None: ...
 
-    def on_revoked(self, tps: list[TP]) -> dict[TP, int]:
+    def on_revoked(self, tps: list[TP], ops: ConsumerThreadOps) -> dict[TP, int]:
         return {}
 
-    def on_lost(self, tps: list[TP]) -> None: ...
+    def on_lost(self, tps: list[TP], ops: ConsumerThreadOps) -> None: ...
 
 
 def _payloads(n: int, *, seed: int) -> list[bytes]:

@@ -107,3 +107,67 @@ class InMemoryPublisher:
 
     def topics(self) -> list[str]:
         return [t for t, *_ in self.sent]
+
+
+@dataclass
+class TransactionalInMemoryPublisher(InMemoryPublisher):
+    """Keeps records in the open transaction until commit; abort discards them."""
+
+    open_txn: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] | None = None
+    committed_offsets: list[dict[TP, int]] = field(default_factory=list)
+    aborted: int = 0
+    fail_next_commit: bool = False
+
+    def begin_transaction(self) -> None:
+        assert self.open_txn is None, "transaction already open"
+        self.open_txn = []
+
+    async def publish(
+        self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[int, int]:
+        assert self.open_txn is not None, "produce outside a transaction"
+        self.open_txn.append((topic, key, value, dict(headers)))
+        return (0, len(self.open_txn) - 1)
+
+    def commit_transaction_now(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        from worker.errors import TransactionAbortable
+
+        assert self.open_txn is not None
+        if self.fail_next_commit:
+            self.fail_next_commit = False
+            raise TransactionAbortable("broker said abort")
+        self.sent.extend(self.open_txn)
+        self.committed_offsets.append(dict(offsets))
+        self.open_txn = None
+
+    async def commit_transaction(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        self.commit_transaction_now(offsets, group_metadata)
+
+    def abort_transaction_now(self) -> None:
+        self.open_txn = None
+        self.aborted += 1
+
+    async def abort_transaction(self) -> None:
+        self.abort_transaction_now()
+
+
+@dataclass
+class RewindableInMemorySource(InMemorySource):
+    """An InMemorySource that can seek back to the last committed offsets (one partition)."""
+
+    publisher: TransactionalInMemoryPublisher | None = None
+    log: list[InboundRecord] = field(default_factory=list)
+    rewinds: int = 0
+
+    def __post_init__(self) -> None:
+        self.log = list(self.records)
+
+    async def group_metadata(self) -> object:
+        return "group-metadata"
+
+    async def rewind(self, tps: Sequence[TP]) -> None:
+        self.rewinds += 1
+        committed_next = 0
+        for offsets in self.publisher.committed_offsets if self.publisher else []:
+            committed_next = max([committed_next, *offsets.values()])
+        self.records = [r for r in self.log if r.offset >= committed_next]

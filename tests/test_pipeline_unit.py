@@ -11,7 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
-from tests.fakes import FakeEngine, InMemoryPublisher, InMemorySource
+from tests.fakes import (
+    FakeEngine,
+    InMemoryPublisher,
+    InMemorySource,
+    RewindableInMemorySource,
+    TransactionalInMemoryPublisher,
+)
 from worker.errors import FatalError, RetryableError
 from worker.kafka_io import InboundRecord
 from worker.metrics import Metrics
@@ -159,3 +165,52 @@ async def test_stop_drains_in_flight_tickets_before_committing() -> None:
     await asyncio.gather(pipeline.run(source), stop_soon())
     assert len(pub.sent) == 10
     assert source.last_committed() == {(TOPIC, 0): 10}
+
+
+async def test_exactly_once_outputs_and_offsets_commit_together_in_transactions() -> None:
+    n = 23
+    pub = TransactionalInMemoryPublisher()
+    source = RewindableInMemorySource(records=[_record(i, _ticket(i, "vpn")) for i in range(n)])
+    source.publisher = pub
+    pipeline, _ = _pipeline(
+        FakeEngine(TAX.labels, _decide),
+        pub,
+        exactly_once=True,
+        transactional_id="w1",
+        transaction_max_tickets=5,
+    )
+    await pipeline.run(source, stop_after=n)
+    assert source.commits == []  # offsets travel only inside transactions
+    assert len(pub.committed_offsets) >= n // 5
+    assert pub.committed_offsets[-1] == {(TOPIC, 0): n}
+    assert sorted(int(h[H_SOURCE_OFFSET]) for *_, h in pub.sent) == list(range(n))
+    txns = {h["router.txn"] for *_, h in pub.sent}
+    assert len(txns) == len(pub.committed_offsets)
+    assert all(t.startswith(b"w1:") for t in txns)
+
+
+async def test_aborted_transaction_is_reread_and_committed_once() -> None:
+    n = 12
+    pub = TransactionalInMemoryPublisher(fail_next_commit=True)
+    source = RewindableInMemorySource(records=[_record(i, _ticket(i, "vpn")) for i in range(n)])
+    source.publisher = pub
+    pipeline, metrics = _pipeline(
+        FakeEngine(TAX.labels, _decide),
+        pub,
+        exactly_once=True,
+        transactional_id="w1",
+        transaction_max_tickets=4,
+    )
+    done = asyncio.Event()
+
+    async def stop_when_all_committed() -> None:
+        while not (pub.committed_offsets and pub.committed_offsets[-1] == {(TOPIC, 0): n}):
+            await asyncio.sleep(0.001)  # noqa: ASYNC110 - polling a predicate
+        pipeline.stop()
+        done.set()
+
+    await asyncio.gather(pipeline.run(source), stop_when_all_committed())
+    assert pub.aborted == 1 and source.rewinds == 1
+    offsets = sorted(int(h[H_SOURCE_OFFSET]) for *_, h in pub.sent)
+    assert offsets == list(range(n))  # the aborted four were routed again, once
+    assert metrics.registry.get_sample_value("router_commits_total", {"result": "aborted"}) == 1

@@ -180,7 +180,9 @@ async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
         probe = f"http://127.0.0.1:{worker.health_port}"
         health = await asyncio.to_thread(urllib.request.urlopen, f"{probe}/healthz", timeout=5)
         assert health.status == 200
-        metrics_text = (await asyncio.to_thread(urllib.request.urlopen, f"{probe}/metrics", timeout=5)).read()
+        metrics_text = (
+            await asyncio.to_thread(urllib.request.urlopen, f"{probe}/metrics", timeout=5)
+        ).read()
         assert b"router_tickets_routed_total" in metrics_text
     reader = OutputReader(bootstrap, _outputs(layout))
     out = reader.read_until(lambda rs: len(_sources(rs)) >= n + len(BAD), timeout_s=60)
@@ -313,3 +315,43 @@ def test_two_workers_share_partitions_and_route_everything(
     finally:
         a.kill()
         b.kill()
+
+
+async def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
+    bootstrap: str,
+    taxonomy_file: Path,
+    layout: Taxonomy,
+    tiny_expert_dir: Path,
+    unique: str,
+) -> None:
+    n = 150
+    produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)] + BAD)
+    group = f"g-{unique}"
+    settings = Settings(
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "exactly_once": True,
+            "transactional_id": f"tx-{unique}",
+            "transaction_max_tickets": 40,
+        },
+        engine={"model_dir": tiny_expert_dir, "cache_dir": REPO / ".state" / "vllm-cache"},
+        taxonomy_path=taxonomy_file,
+        metrics={"enabled": False},
+        shutdown_grace_s=10,
+    )
+    registry = CollectorRegistry()
+    async with started_worker(settings, registry=registry) as worker:
+        await worker.pipeline.run(worker.source, stop_after=n + len(BAD))
+    reader = OutputReader(bootstrap, _outputs(layout))
+    out = reader.read_until(lambda rs: len(rs) >= n + len(BAD), timeout_s=60)
+    reader.close()
+    assert len(out) == len(_sources(out)) == n + len(BAD)  # no duplicates, none missing
+    txns = {r.headers["router.txn"] for r in out}
+    assert all(t.startswith(f"tx-{unique}:".encode()) for t in txns)
+    assert len(txns) >= (n + len(BAD)) // 40
+    ends: dict[int, int] = {}
+    for _t, p, o in _sources(out):
+        ends[p] = max(ends.get(p, 0), o + 1)
+    assert committed(bootstrap, group, layout.topics.inbound, PARTITIONS) == ends
+    assert registry.get_sample_value("router_commits_total", {"result": "ok"}) == len(txns)

@@ -8,6 +8,7 @@ and passed down explicitly; nothing else reads `os.environ` for configuration.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -43,6 +44,11 @@ class KafkaSettings(BaseModel):
         security_protocol, sasl_mechanism, sasl_username, sasl_password, ssl_ca_location:
             passed to librdkafka as `security.protocol`, `sasl.*`, `ssl.ca.location`.
         extra: any other librdkafka setting, passed through to both clients.
+        exactly_once: consume-transform-produce in transactions (outputs and input offsets
+            committed atomically); downstream consumers must read with read_committed.
+        transactional_id: the producer's transactional id (see effective_transactional_id).
+        transaction_max_s, transaction_max_tickets: a transaction ends after this long or
+            this many tickets, whichever comes first.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,6 +65,16 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
     extra: dict[str, str] = Field(default_factory=dict)
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    transaction_max_s: float = Field(default=0.5, gt=0)
+    transaction_max_tickets: int = Field(default=500, ge=1)
+
+    def effective_transactional_id(self) -> str:
+        """The producer's transactional id: stable across restarts of one worker, so a
+        restarted worker fences its zombie. Defaults to `<group id>-<hostname>` (in
+        Kubernetes the pod name)."""
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
 
     def common_config(self) -> dict[str, str]:
         """librdkafka settings shared by consumer and producer (secrets in clear: never log)."""

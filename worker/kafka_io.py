@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -28,7 +29,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.errors import BrokerUnreachableError, FatalError, RetryableError
+from worker.errors import (
+    BrokerUnreachableError,
+    FatalError,
+    RetryableError,
+    TransactionAbortable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -52,16 +58,24 @@ class InboundRecord:
         return (self.topic, self.partition)
 
 
+class ConsumerThreadOps(Protocol):
+    """Consumer calls a rebalance callback may make (it already runs on the consumer thread)."""
+
+    def group_metadata_now(self) -> object: ...
+
+    def rewind_now(self, tps: Sequence[TP]) -> None: ...
+
+
 class RebalanceListener(Protocol):
     """What the Source tells the pipeline about partition ownership (on the consumer thread)."""
 
     def on_assigned(self, tps: list[TP]) -> None: ...
 
-    def on_revoked(self, tps: list[TP]) -> dict[TP, int]:
+    def on_revoked(self, tps: list[TP], ops: ConsumerThreadOps) -> dict[TP, int]:
         """Finish or give up the partitions' in-flight work; return offsets to commit."""
         ...
 
-    def on_lost(self, tps: list[TP]) -> None: ...
+    def on_lost(self, tps: list[TP], ops: ConsumerThreadOps) -> None: ...
 
 
 # ---------------------------------------------------------------------------- admin
@@ -191,12 +205,12 @@ class Source:
         self._listener.on_assigned([(p.topic, p.partition) for p in parts])
 
     def _on_revoke(self, c: Consumer, parts: list[TopicPartition]) -> None:
-        offsets = self._listener.on_revoked([(p.topic, p.partition) for p in parts])
+        offsets = self._listener.on_revoked([(p.topic, p.partition) for p in parts], self)
         if offsets:
             self._commit_now(offsets)
 
     def _on_lost(self, _c: Consumer, parts: list[TopicPartition]) -> None:
-        self._listener.on_lost([(p.topic, p.partition) for p in parts])
+        self._listener.on_lost([(p.topic, p.partition) for p in parts], self)
 
     @property
     def consumer(self) -> Consumer:
@@ -215,6 +229,10 @@ class Source:
         # poll() returns as soon as one record is there; consume(timeout=0) then takes what
         # is already fetched. consume(n, timeout) alone would wait for n records or timeout.
         first = self.consumer.poll(timeout_s)
+        if first is not None and max_records <= 0 and first.error() is None:
+            # Not wanted now (paused or at a transaction barrier): read it again later.
+            self.consumer.seek(TopicPartition(first.topic(), first.partition(), first.offset()))
+            return []
         msgs = [] if first is None else [first]
         if first is not None and max_records > 1:
             msgs += self.consumer.consume(num_messages=max_records - 1, timeout=0)
@@ -250,6 +268,32 @@ class Source:
                 except KafkaException as exc:  # not yet fetching: the position already holds
                     log.debug("seek_skipped", topic=t, partition=p, offset=offset, error=str(exc))
         self.consumer.resume([TopicPartition(t, p) for t, p in assigned])
+
+    def group_metadata_now(self) -> object:
+        """The group metadata a transaction commits offsets with (consumer thread only)."""
+        return self.consumer.consumer_group_metadata()
+
+    async def group_metadata(self) -> object:
+        return await self._call(self.group_metadata_now)
+
+    def rewind_now(self, tps: Sequence[TP]) -> None:
+        """Seek partitions back to their committed offsets (consumer thread only).
+
+        After an aborted transaction, records whose outputs were discarded are read again.
+        """
+        if not tps:
+            return
+        assigned = {(p.topic, p.partition) for p in self.consumer.assignment()}
+        parts = self.consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+        for part in parts:
+            if (part.topic, part.partition) not in assigned:
+                continue
+            offset = part.offset if part.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(part.topic, part.partition, offset))
+        log.info("partitions_rewound", partitions=[f"{t}[{p}]" for t, p in tps])
+
+    async def rewind(self, tps: Sequence[TP]) -> None:
+        await self._call(self.rewind_now, list(tps))
 
     async def assignment(self) -> list[TP]:
         parts = await self._call(self.consumer.assignment)
@@ -322,6 +366,12 @@ _RETRIABLE_PRODUCE = {
 }
 
 
+def _delivery_error(topic: str, err: KafkaError) -> Exception:
+    if err.retriable() or err.code() in _RETRIABLE_PRODUCE:
+        return RetryableError(f"delivery to {topic} failed: {err.str()}")
+    return FatalError(f"delivery to {topic} failed: {err.str()}")
+
+
 class Publisher:
     """An idempotent producer whose `publish` returns when the broker acknowledged."""
 
@@ -358,17 +408,24 @@ class Publisher:
         """
         if self._producer is None:
             raise RuntimeError("Publisher.start() was not awaited")
-        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, int]] = loop.create_future()
 
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        def settle(result: tuple[int, int] | None, exc: Exception | None) -> None:
             if fut.done():
                 return
-            if err is None:
-                fut.set_result((msg.partition(), msg.offset()))
-            elif err.retriable() or err.code() in _RETRIABLE_PRODUCE:
-                fut.set_exception(RetryableError(f"delivery to {topic} failed: {err.str()}"))
+            if exc is None:
+                fut.set_result(result)  # type: ignore[arg-type]
             else:
-                fut.set_exception(FatalError(f"delivery to {topic} failed: {err.str()}"))
+                fut.set_exception(exc)
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            # Usually called on the loop's thread (poll), but commit_transaction/flush run
+            # elsewhere and serve delivery reports there too.
+            if err is None:
+                loop.call_soon_threadsafe(settle, (msg.partition(), msg.offset()), None)
+            else:
+                loop.call_soon_threadsafe(settle, None, _delivery_error(topic, err))
 
         try:
             self._producer.produce(
@@ -382,6 +439,61 @@ class Publisher:
                 raise RetryableError(f"produce to {topic} failed: {err.str()}") from exc
             raise FatalError(f"produce to {topic} failed: {err.str()}") from exc
         return await fut
+
+    # -- transactions (only with a `transactional.id` in the configuration) -------------
+
+    async def init_transactions(self, *, timeout_s: float = 30.0) -> None:
+        """Register the transactional id; fences any older producer that used it."""
+        await asyncio.to_thread(self._txn_call, "init_transactions", timeout_s)
+
+    def begin_transaction(self) -> None:
+        self._txn_call("begin_transaction")
+
+    def commit_transaction_now(
+        self, offsets: Mapping[TP, int], group_metadata: object, *, timeout_s: float = 30.0
+    ) -> None:
+        """Commit the open transaction with `offsets` as the group's new positions (blocking).
+
+        Raises:
+            TransactionAbortable: the transaction must be aborted (then re-read its inputs).
+            FatalError: this producer was fenced or the error cannot be recovered from.
+        """
+        if offsets:
+            parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self._txn_call("send_offsets_to_transaction", parts, group_metadata, timeout_s)
+        self._txn_call("commit_transaction", timeout_s)
+
+    async def commit_transaction(
+        self, offsets: Mapping[TP, int], group_metadata: object, *, timeout_s: float = 30.0
+    ) -> None:
+        await asyncio.to_thread(
+            self.commit_transaction_now, dict(offsets), group_metadata, timeout_s=timeout_s
+        )
+
+    def abort_transaction_now(self, *, timeout_s: float = 30.0) -> None:
+        self._txn_call("abort_transaction", timeout_s)
+
+    async def abort_transaction(self, *, timeout_s: float = 30.0) -> None:
+        await asyncio.to_thread(self.abort_transaction_now, timeout_s=timeout_s)
+
+    def _txn_call(self, name: str, *args: Any) -> None:
+        if self._producer is None:
+            raise RuntimeError("Publisher.start() was not awaited")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                getattr(self._producer, name)(*args)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise FatalError(f"{name} failed (fenced or fatal): {err.str()}") from exc
+                if err.txn_requires_abort():
+                    raise TransactionAbortable(f"{name} failed: {err.str()}") from exc
+                if err.retriable() and time.monotonic() < deadline:
+                    log.warning("transaction_call_retried", call=name, error=err.str())
+                    continue
+                raise FatalError(f"{name} failed: {err.str()}") from exc
 
     async def flush(self, *, timeout_s: float) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""

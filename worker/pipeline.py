@@ -25,8 +25,8 @@ from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
-from worker.errors import FatalError, RetryableError
-from worker.kafka_io import TP, InboundRecord
+from worker.errors import FatalError, RetryableError, TransactionAbortable
+from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.retrying import commit_retrying, publish_retrying
@@ -43,6 +43,7 @@ H_SOURCE_PARTITION = "router.source.partition"
 H_SOURCE_OFFSET = "router.source.offset"
 H_DISPOSITION = "router.disposition"
 H_TRIAGE_REASON = "router.triage-reason"
+H_TXN = "router.txn"  # exactly-once mode: the transaction that wrote the record
 
 
 class Engine(Protocol):
@@ -72,6 +73,10 @@ class Source(Protocol):
 
     async def lag(self) -> dict[TP, int]: ...
 
+    async def group_metadata(self) -> object: ...
+
+    async def rewind(self, tps: Sequence[TP]) -> None: ...
+
 
 class Publisher(Protocol):
     """What the pipeline needs from the producer."""
@@ -81,6 +86,19 @@ class Publisher(Protocol):
     ) -> tuple[int, int]: ...
 
     async def flush(self, *, timeout_s: float) -> int: ...
+
+    # Exactly-once mode only.
+    def begin_transaction(self) -> None: ...
+
+    async def commit_transaction(
+        self, offsets: Mapping[TP, int], group_metadata: object
+    ) -> None: ...
+
+    def commit_transaction_now(self, offsets: Mapping[TP, int], group_metadata: object) -> None: ...
+
+    async def abort_transaction(self) -> None: ...
+
+    def abort_transaction_now(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,10 @@ class PipelineConfig:
     max_poll_records: int = 500
     engine_attempts: int = 2
     publish_retry_max_s: float = 60.0
+    exactly_once: bool = False
+    transactional_id: str = ""
+    transaction_max_s: float = 0.5
+    transaction_max_tickets: int = 500
 
 
 def _now() -> datetime:
@@ -138,6 +160,12 @@ class Pipeline:
         self._paused = False
         self.heartbeat = time.monotonic()
         self.processed = 0
+        # Exactly-once mode: the open transaction, named "<transactional id>:<boot>:<seq>".
+        self._boot = uuid.uuid4().hex[:8]
+        self._txn_seq = 0
+        self._txn_open = False
+        self._txn_started = 0.0
+        self._txn_tickets = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,15 +206,21 @@ class Pipeline:
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
             in_flight = len(self._tasks)
-            if not self._paused and in_flight >= cfg.max_in_flight:
+            barrier = self._transaction_due()
+            if barrier and in_flight == 0:
+                await self._end_transaction(source)
+                barrier = False
+            if not self._paused and (in_flight >= cfg.max_in_flight or barrier):
                 await source.pause(sorted(self._assigned))
                 self._paused = True
-            elif self._paused and in_flight <= cfg.max_in_flight // 2:
+            elif self._paused and in_flight <= cfg.max_in_flight // 2 and not barrier:
                 await source.resume(self.tracker.next_positions())
                 self._paused = False
             capacity = (
                 0 if self._paused else min(cfg.max_poll_records, cfg.max_in_flight - in_flight)
             )
+            if cfg.exactly_once:  # a transaction holds at most transaction_max_tickets
+                capacity = min(capacity, cfg.transaction_max_tickets - self._txn_tickets)
             records = await source.poll(max_records=capacity, timeout_s=cfg.poll_timeout_s)
             for record in records:
                 self._start(record)
@@ -194,6 +228,11 @@ class Pipeline:
                 self.stop()
 
     def _start(self, record: InboundRecord) -> None:
+        if self.config.exactly_once and not self._txn_open:
+            self.publisher.begin_transaction()
+            self._txn_open, self._txn_started = True, time.monotonic()
+            self._txn_seq += 1
+        self._txn_tickets += 1
         self.metrics.messages_consumed.labels(topic=record.topic).inc()
         self.tracker.started(record.tp, record.offset)
         task = asyncio.create_task(
@@ -217,12 +256,16 @@ class Pipeline:
         log.info("shutdown_started", in_flight=len(self._tasks), crashed=self._crash is not None)
         if self._crash is None and self._tasks:
             await asyncio.wait(list(self._tasks), timeout=cfg.shutdown_grace_s)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+        gave_up = bool(self._tasks)
+        await self._cancel_all()
         undelivered = await self.publisher.flush(timeout_s=max(1.0, cfg.shutdown_grace_s))
-        if self._crash is None:
+        if self._crash is None and cfg.exactly_once and self._txn_open:
+            if gave_up:  # a cancelled ticket may have produced: its offset is not committed
+                await self.publisher.abort_transaction()
+                self._transaction_closed(reason="shutdown grace expired")
+            else:
+                await self._end_transaction(source)
+        elif self._crash is None and not cfg.exactly_once:
             await self._commit(source)
         log.info(
             "shutdown_completed",
@@ -393,7 +436,8 @@ class Pipeline:
 
     def _headers(self, record: InboundRecord) -> list[tuple[str, bytes]]:
         trace = next((v for k, v in record.headers if k in ("traceparent", H_TRACE)), None)
-        return [
+        txn = [(H_TXN, self._txn_name.encode())] if self.config.exactly_once else []
+        return txn + [
             (H_MODEL, self.engine.model_id.encode()),
             (H_ADAPTER, (self.engine.adapter_id or "").encode()),
             (H_TRACE, trace or uuid.uuid4().hex.encode()),
@@ -405,6 +449,11 @@ class Pipeline:
     async def _publish(
         self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> None:
+        if self.config.exactly_once:
+            # Inside a transaction a failed delivery dooms the transaction: crash, and the
+            # restart's fencing aborts it; publishing again would not help.
+            await self.publisher.publish(topic=topic, key=key, value=value, headers=headers)
+            return
         async for attempt in publish_retrying(
             self.metrics, max_delay_s=self.config.publish_retry_max_s
         ):
@@ -439,7 +488,7 @@ class Pipeline:
     async def _commit_loop(self, source: Source) -> None:
         while True:
             await asyncio.sleep(self.config.commit_interval_s)
-            if self._crash is None:
+            if self._crash is None and not self.config.exactly_once:
                 await self._commit(source)
 
     async def _stats_loop(self, source: Source) -> None:
@@ -454,6 +503,91 @@ class Pipeline:
             tick += 1
             await asyncio.sleep(1.0)
 
+    # ------------------------------------------------------------------ transactions
+
+    @property
+    def _txn_name(self) -> str:
+        return f"{self.config.transactional_id}:{self._boot}:{self._txn_seq}"
+
+    def _transaction_due(self) -> bool:
+        cfg = self.config
+        if not (cfg.exactly_once and self._txn_open and self._txn_tickets):
+            return False
+        return (
+            self._txn_tickets >= cfg.transaction_max_tickets
+            or time.monotonic() - self._txn_started >= cfg.transaction_max_s
+        )
+
+    async def _end_transaction(self, source: Source) -> None:
+        """Commit the open transaction with the inputs' offsets (every ticket is done)."""
+        offsets = self.tracker.committable(self._assigned)
+        self.tracker.check(offsets)
+        try:
+            await self.publisher.commit_transaction(offsets, await source.group_metadata())
+        except TransactionAbortable as exc:
+            await self.publisher.abort_transaction()
+            retained = sorted(self._assigned)
+            await source.rewind(retained)
+            self.tracker.forget(retained)
+            self._transaction_closed(reason=str(exc))
+            return
+        self._transaction_committed(offsets)
+
+    def _transaction_committed(self, offsets: dict[TP, int]) -> None:
+        self.tracker.mark_committed(offsets)
+        self.metrics.commits.labels(result="ok").inc()
+        for (t, p), offset in offsets.items():
+            self.metrics.committed_offset.labels(topic=t, partition=str(p)).set(offset)
+        log.info(
+            "transaction_committed",
+            txn=self._txn_name,
+            tickets=self._txn_tickets,
+            offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
+        )
+        self._txn_open, self._txn_tickets = False, 0
+
+    def _transaction_closed(self, *, reason: str) -> None:
+        log.warning(
+            "transaction_aborted",
+            txn=self._txn_name,
+            tickets=self._txn_tickets,
+            reason=reason[:300],
+        )
+        self.metrics.commits.labels(result="aborted").inc()
+        self._txn_open, self._txn_tickets = False, 0
+
+    def _revoke_in_transaction(self, tps: list[TP], ops: ConsumerThreadOps, idle: bool) -> None:
+        """Exactly-once revoke: commit the open transaction, or abort it and rewind the rest."""
+        if not self._txn_open:
+            return
+        retained = sorted(self._assigned)
+        if idle:
+            offsets = self.tracker.committable([*self._assigned, *tps])
+            self.tracker.check(offsets)
+            try:
+                self.publisher.commit_transaction_now(offsets, ops.group_metadata_now())
+                self._transaction_committed(offsets)
+                return
+            except TransactionAbortable as exc:
+                reason = str(exc)
+        else:
+            reason = "in-flight tickets did not finish before the revoke"
+            self._cancel_all_from_thread()
+        self.publisher.abort_transaction_now()
+        ops.rewind_now(retained)
+        self.tracker.forget(retained)
+        self._transaction_closed(reason=reason)
+
+    async def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _cancel_all_from_thread(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop).result(timeout=30)
+
     # ------------------------------------------------------------------ rebalance (consumer thread)
 
     def on_assigned(self, tps: list[TP]) -> None:
@@ -461,32 +595,54 @@ class Pipeline:
         self.metrics.assigned_partitions.set(len(self._assigned))
         log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in tps])
 
-    def on_revoked(self, tps: list[TP]) -> dict[TP, int]:
-        """Wait (bounded) for the partitions' in-flight tickets, then hand back their offsets."""
+    def on_revoked(self, tps: list[TP], ops: ConsumerThreadOps) -> dict[TP, int]:
+        """Wait (bounded) for the partitions' in-flight tickets, then hand back their offsets.
+
+        In exactly-once mode the open transaction spans every partition: wait for all
+        in-flight tickets, then commit it (offsets included), or abort it and rewind the rest.
+        """
         self._assigned.difference_update(tps)
         self.metrics.assigned_partitions.set(len(self._assigned))
         offsets: dict[TP, int] = {}
         if self._crash is None and self._loop is not None:
-            fut = asyncio.run_coroutine_threadsafe(self._wait_idle(set(tps)), self._loop)
+            eos = self.config.exactly_once
+            fut = asyncio.run_coroutine_threadsafe(
+                self._wait_idle(None if eos else set(tps)), self._loop
+            )
             try:
-                fut.result(timeout=self.config.revoke_grace_s + 1)
+                idle = fut.result(timeout=self.config.revoke_grace_s + 1)
             except TimeoutError:
+                idle = False
                 log.warning("revoke_wait_timed_out", partitions=len(tps))
-            offsets = self.tracker.committable(tps)
-            self.tracker.check(offsets)
+            if eos:
+                self._revoke_in_transaction(tps, ops, idle)
+            else:
+                offsets = self.tracker.committable(tps)
+                self.tracker.check(offsets)
         self.tracker.forget(tps)
         log.info(
             "partitions_revoked", partitions=[f"{t}[{p}]" for t, p in tps], committing=len(offsets)
         )
         return offsets
 
-    def on_lost(self, tps: list[TP]) -> None:
+    def on_lost(self, tps: list[TP], ops: ConsumerThreadOps) -> None:
         self._assigned.difference_update(tps)
         self.metrics.assigned_partitions.set(len(self._assigned))
+        if self.config.exactly_once and self._txn_open:
+            # Outputs of lost partitions must not commit: abort, re-read what remains ours.
+            self._cancel_all_from_thread()
+            self.publisher.abort_transaction_now()
+            retained = sorted(self._assigned)
+            ops.rewind_now(retained)
+            self.tracker.forget(retained)
+            self._transaction_closed(reason="partitions lost")
         self.tracker.forget(tps)
         log.warning("partitions_lost", partitions=[f"{t}[{p}]" for t, p in tps])
 
-    async def _wait_idle(self, tps: set[TP]) -> None:
-        pending = [task for task, tp in self._tasks.items() if tp in tps]
+    async def _wait_idle(self, tps: set[TP] | None) -> bool:
+        """Wait for the in-flight tickets of `tps` (all when None); True when none is left."""
+        pending = [task for task, tp in self._tasks.items() if tps is None or tp in tps]
         if pending:
-            await asyncio.wait(pending, timeout=self.config.revoke_grace_s)
+            _done, left = await asyncio.wait(pending, timeout=self.config.revoke_grace_s)
+            return not left
+        return True

@@ -50,7 +50,10 @@ def producer_config(settings: Settings) -> dict[str, str]:
         "compression.type": "lz4",
         **settings.kafka.extra,
     }
-    return _enforce(conf, ENFORCED_PRODUCER)
+    enforced = dict(ENFORCED_PRODUCER)
+    if settings.kafka.exactly_once:
+        enforced["transactional.id"] = settings.kafka.effective_transactional_id()
+    return _enforce(conf, enforced)
 
 
 def _enforce(conf: dict[str, str], enforced: dict[str, str]) -> dict[str, str]:
@@ -70,6 +73,10 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         commit_interval_s=settings.kafka.commit_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         source_format=SourceSystem(fmt) if fmt else None,
+        exactly_once=settings.kafka.exactly_once,
+        transactional_id=settings.kafka.effective_transactional_id(),
+        transaction_max_s=settings.kafka.transaction_max_s,
+        transaction_max_tickets=settings.kafka.transaction_max_tickets,
     )
 
 
@@ -127,6 +134,8 @@ async def started_worker(
         publisher = Publisher(conf=producer_config(settings))
         await publisher.start()
         stack.push_async_callback(publisher.close)
+        if settings.kafka.exactly_once:
+            await publisher.init_transactions()
         pipeline = Pipeline(
             config=pipeline_config(settings),
             taxonomy=taxonomy,
