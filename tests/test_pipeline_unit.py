@@ -201,13 +201,13 @@ async def test_aborted_transaction_is_reread_and_committed_once() -> None:
         transactional_id="w1",
         transaction_max_tickets=4,
     )
-    done = asyncio.Event()
+    def all_committed() -> bool:
+        return bool(pub.committed_offsets) and pub.committed_offsets[-1] == {(TOPIC, 0): n}
 
     async def stop_when_all_committed() -> None:
-        while not (pub.committed_offsets and pub.committed_offsets[-1] == {(TOPIC, 0): n}):
-            await asyncio.sleep(0.001)  # noqa: ASYNC110 - polling a predicate
+        while not all_committed():  # noqa: ASYNC110 - polling a predicate
+            await asyncio.sleep(0.001)
         pipeline.stop()
-        done.set()
 
     await asyncio.gather(pipeline.run(source), stop_when_all_committed())
     assert pub.aborted == 1 and source.rewinds == 1
