@@ -32,7 +32,6 @@ from worker.kafka_io import TP, ConsumerThreadOps, Publisher, Source
 
 log = structlog.get_logger(__name__)
 console = Console()
-DEFAULT_MODEL_DIR = Path(".state/models/default-expert")
 
 
 @dataclass
@@ -230,12 +229,11 @@ def run_bench(
     from worker.logs import configure_logging
 
     configure_logging(level="WARNING", fmt="console")
-    model_dir = model or DEFAULT_MODEL_DIR
-    if not (model_dir / "expert.json").exists():
-        console.print(
-            f"[red]no expert at {model_dir}[/]: build one with `ticket-router expert build`"
-        )
-        return 4
+    if model is None:
+        from loadgen.default_expert import ensure_default_expert
+
+        model = ensure_default_expert()
+    model_dir = model
     unique = uuid.uuid4().hex[:8]
     base = Taxonomy.load()
     tax = base.model_copy(

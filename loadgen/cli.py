@@ -757,6 +757,9 @@ def demo(
     proc = None
     try:
         if worker:
+            from loadgen.default_expert import ensure_default_expert
+
+            model = model or ensure_default_expert(taxonomy=taxonomy)
             proc = demo_start_worker(bootstrap=bootstrap, model=model, log=out_dir / "worker.log")
             if not demo_wait_ready(proc, url=ready_url, timeout_s=600):
                 console.print(f"[red]worker not ready[/] (see {out_dir / 'worker.log'})")

@@ -1,0 +1,77 @@
+"""The embedded default expert: built once from the synthetic corpus, then reused from cache.
+
+Owns where the default expert lives and how it is made, so the demo, the benchmarks and
+capacity mode all serve the same model. Building is `expert.build`'s job; this module only
+decides whether a build is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from schemas.taxonomy import Taxonomy
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MODEL_DIR = Path(".state/models/default-expert")
+DEFAULT_CORPUS_SIZE = 10_000
+DEFAULT_CORPUS_SEED = 0
+
+
+def is_current(model_dir: Path, taxonomy: Taxonomy) -> bool:
+    """True when `model_dir` holds an expert answering exactly the taxonomy's queues."""
+    from expert.engine import ExpertLoadError, check_labels, load_card
+
+    try:
+        check_labels(load_card(model_dir), taxonomy.labels)
+    except ExpertLoadError:
+        return False
+    return True
+
+
+def ensure_default_expert(
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    *,
+    taxonomy: Taxonomy | None = None,
+    n: int = DEFAULT_CORPUS_SIZE,
+    seed: int = DEFAULT_CORPUS_SEED,
+) -> Path:
+    """Return `model_dir`, building the default expert there first if it is missing or stale.
+
+    The build trains the ~2.9M-parameter Llama from scratch on `n` synthetic tickets (a few
+    minutes on two cores) with a progress bar; later calls reuse it.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from expert.build import BuildConfig, build_expert
+    from loadgen.corpus import generate, write_jsonl
+
+    tax = taxonomy or Taxonomy.load()
+    if is_current(model_dir, tax):
+        log.info("default_expert_reused", model_dir=str(model_dir))
+        return model_dir
+    corpus = model_dir.parent / f"default-corpus-{n}-{seed}.jsonl"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(generate(n, seed=seed), corpus)
+    with Progress(
+        TextColumn("building the default expert"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps, loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    ) as progress:
+        task = progress.add_task("build", total=None, loss=float("nan"))
+
+        def on_progress(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, loss=loss)
+
+        build_expert(
+            corpus,
+            model_dir,
+            config=BuildConfig(model_id="default-expert"),
+            taxonomy_labels=tax.labels,
+            on_progress=on_progress,
+        )
+    log.info("default_expert_built", model_dir=str(model_dir), tickets=n)
+    return model_dir
