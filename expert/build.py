@@ -59,15 +59,17 @@ class BuildConfig(BaseModel):
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    max_prompt_tokens: int = Field(default=192, ge=16, le=500)
+    max_prompt_tokens: int = Field(default=96, ge=16, le=500)
     prompt_template: str = DEFAULT_TEMPLATE
-    epochs: float = Field(default=4.0, gt=0)
+    epochs: float = Field(default=2.0, gt=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
-    lm_loss_weight: float = Field(default=0.1, ge=0.0)
+    lm_loss_weight: float = Field(default=0.0, ge=0.0)
     zero_init_queries: bool = True
+    bf16_autocast: bool = True
+    num_threads: int | None = Field(default=None, ge=1)
     seed: int = 0
     split_seed: int = DEFAULT_SPLIT_SEED
     test_fraction: float = Field(default=DEFAULT_TEST_FRACTION, ge=0.0, lt=1.0)
@@ -161,6 +163,41 @@ def _batches(lengths: Sequence[int], *, batch_size: int, rng: random.Random) -> 
     return batches
 
 
+def _batch_loss(
+    model: Any,
+    prompts: list[list[int]],
+    targets: list[int],
+    *,
+    pad_id: int,
+    lm_loss_weight: float,
+    bf16_autocast: bool,
+) -> Any:
+    """Cross-entropy of the answer token (plus the optional language-model loss)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812  (torch's own convention)
+
+    width = max(len(p) for p in prompts)
+    # Left padding: the answer position is the last column for every row, and RoPE
+    # attention is invariant to the constant position shift this causes.
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    keep = 0 if lm_loss_weight else 1  # 0 keeps every position's logits
+    # bfloat16 matmuls (fp32 master weights) are ~1.5x faster on these CPUs.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+    loss = F.cross_entropy(out.logits[:, -1, :].float(), torch.tensor(targets))
+    if lm_loss_weight:
+        lm_logits = out.logits[:, :-1, :].float()
+        lm_labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = loss + lm_loss_weight * F.cross_entropy(
+            lm_logits.reshape(-1, lm_logits.shape[-1]), lm_labels.reshape(-1)
+        )
+    return loss
+
+
 def _train(
     model: Any,
     prompts: list[list[int]],
@@ -173,7 +210,35 @@ def _train(
 ) -> float:
     """Train `model` to emit `targets[i]` after `prompts[i]`; returns the last epoch's loss."""
     import torch
-    import torch.nn.functional as F  # noqa: N812  (torch's own convention)
+
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train_loop(
+            model,
+            prompts,
+            targets,
+            config=config,
+            pad_id=pad_id,
+            lm_loss_weight=lm_loss_weight,
+            on_progress=on_progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_loop(
+    model: Any,
+    prompts: list[list[int]],
+    targets: list[int],
+    *,
+    config: BuildConfig,
+    pad_id: int,
+    lm_loss_weight: float,
+    on_progress: ProgressCallback | None,
+) -> float:
+    import torch
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - reproducible shuffling, not security
@@ -198,24 +263,14 @@ def _train(
         for batch in _batches(lengths, batch_size=config.batch_size, rng=rng):
             if step >= total_steps:
                 break
-            width = max(lengths[i] for i in batch)
-            # Left padding: the answer position is the last column for every row, and RoPE
-            # attention is invariant to the constant position shift this causes.
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, width - lengths[i] :] = torch.tensor(prompts[i])
-                mask[row, width - lengths[i] :] = 1
-            target = torch.tensor([targets[i] for i in batch])
-            keep = 0 if lm_loss_weight else 1  # 0 keeps every position's logits
-            out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
-            loss = F.cross_entropy(out.logits[:, -1, :].float(), target)
-            if lm_loss_weight:
-                lm_logits = out.logits[:, :-1, :].float()
-                lm_labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-                loss = loss + lm_loss_weight * F.cross_entropy(
-                    lm_logits.reshape(-1, lm_logits.shape[-1]), lm_labels.reshape(-1)
-                )
+            loss = _batch_loss(
+                model,
+                [prompts[i] for i in batch],
+                [targets[i] for i in batch],
+                pad_id=pad_id,
+                lm_loss_weight=lm_loss_weight,
+                bf16_autocast=config.bf16_autocast,
+            )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -223,8 +278,16 @@ def _train(
             scheduler.step()
             step += 1
             epoch_losses.append(loss.item())
+            running_loss = sum(epoch_losses) / len(epoch_losses)
             if on_progress is not None:
-                on_progress(step, total_steps, sum(epoch_losses) / len(epoch_losses))
+                on_progress(step, total_steps, running_loss)
+            if step % max(1, total_steps // 20) == 0:
+                log.info(
+                    "training_progressed",
+                    step=step,
+                    total_steps=total_steps,
+                    loss=round(running_loss, 4),
+                )
     model.eval()
     return sum(epoch_losses) / max(1, len(epoch_losses))
 
@@ -262,6 +325,8 @@ def _training_info(
             "batch_size": config.batch_size,
             "learning_rate": config.learning_rate,
             "lm_loss_weight": config.lm_loss_weight,
+            "bf16_autocast": config.bf16_autocast,
+            "max_prompt_tokens": config.max_prompt_tokens,
             "seed": config.seed,
             **extra,
         },

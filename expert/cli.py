@@ -1,0 +1,190 @@
+"""`ticket-router expert build|eval`: the expert's commands.
+
+Owns argument parsing and terminal output (rich) for building and evaluating experts. Heavy
+libraries (torch, transformers, vllm, sklearn, matplotlib) are imported inside the commands,
+so importing this module (every `ticket-router` start does) stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="expert",
+    help="Build and evaluate the routing expert.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Labeled tickets: JSONL or CSV.")]
+TextColOpt = Annotated[
+    str | None, typer.Option("--text-col", help="Text field/column (default: text).")
+]
+LabelColOpt = Annotated[
+    str | None, typer.Option("--label-col", help="Label field/column (default: label).")
+]
+
+
+@app.command("build")
+def build(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model (or adapter) directory to write.")],
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    taxonomy: Annotated[
+        str | None,
+        typer.Option(
+            "--taxonomy",
+            help="Enforce a taxonomy's labels: a YAML path, or 'default' for the packaged one.",
+        ),
+    ] = None,
+    base_model: Annotated[
+        Path | None, typer.Option("--base-model", help="Base model folder (with --lora).")
+    ] = None,
+    lora: Annotated[
+        bool, typer.Option("--lora", help="Train a LoRA adapter on --base-model.")
+    ] = False,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = 16,
+    model_id: Annotated[str | None, typer.Option("--model-id")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 2.0,
+    hidden_size: Annotated[int, typer.Option("--hidden-size")] = 256,
+    layers: Annotated[int, typer.Option("--layers")] = 4,
+    heads: Annotated[int, typer.Option("--heads")] = 4,
+    intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 512,
+    vocab_size: Annotated[int, typer.Option("--vocab-size")] = 1024,
+    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens")] = 96,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 3e-3,
+    lm_loss_weight: Annotated[float, typer.Option("--lm-loss-weight")] = 0.0,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
+) -> None:
+    """Train an expert (from scratch, or a LoRA adapter with --base-model --lora)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from expert.build import BuildConfig, BuildError, build_expert, build_lora
+    from expert.dataset import DatasetError
+    from schemas.taxonomy import Taxonomy, TaxonomyError
+
+    console = Console()
+    if lora != (base_model is not None):
+        console.print("[red]--lora and --base-model go together[/]")
+        raise typer.Exit(2)
+    try:
+        labels = None
+        if taxonomy is not None:
+            labels = Taxonomy.load(None if taxonomy == "default" else taxonomy).labels
+    except TaxonomyError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    config = BuildConfig(
+        model_id=model_id,
+        epochs=epochs,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=intermediate_size,
+        vocab_size=vocab_size,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lm_loss_weight=lm_loss_weight,
+        seed=seed,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        lora_rank=lora_rank,
+        num_threads=threads,
+    )
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=None, loss=float("nan"))
+
+        def on_progress(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, loss=loss)
+
+        common = {
+            "text_col": text_col or "text",
+            "label_col": label_col or "label",
+            "config": config,
+            "taxonomy_labels": labels,
+            "on_progress": on_progress,
+        }
+        try:
+            if base_model is not None:
+                card = build_lora(data, out, base_dir=base_model, **common)  # type: ignore[arg-type]
+            else:
+                card = build_expert(data, out, **common)  # type: ignore[arg-type]
+        except (BuildError, DatasetError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+    t = card.training
+    assert t is not None  # build always records its training
+    console.print(
+        f"[green]built[/] {card.model_id} -> {out}: {len(card.labels)} labels, "
+        f"{t.parameters:,} trainable / {t.total_parameters:,} parameters, "
+        f"{t.train_examples} train / {t.test_examples} held out, "
+        f"final loss {t.final_loss:.3f}, {t.build_time_s:.0f} s"
+    )
+
+
+@app.command("eval")
+def evaluate_command(
+    model: Annotated[Path, typer.Option("--model", help="Expert (or adapter) directory.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Report directory.")],
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib")] = 1.0,
+    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs")] = 256,
+) -> None:
+    """Score the expert vs TF-IDF + LinearSVC on the build's held-out split; write a report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from expert.engine import ExpertLoadError, load_card
+    from expert.evaluate import evaluate, resolve_engine_config, summary_rows
+
+    console = Console()
+    try:
+        card = load_card(model)
+        config = resolve_engine_config(
+            model, card, kv_cache_gib=kv_cache_gib, max_num_seqs=max_num_seqs
+        )
+        report = evaluate(
+            model, data, out_dir=out, text_col=text_col, label_col=label_col, engine_config=config
+        )
+    except ExpertLoadError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(4) from exc
+    table = Table(
+        title=f"{report.model_id} vs TF-IDF + LinearSVC: {report.test_examples} held-out tickets"
+    )
+    table.add_column("metric")
+    table.add_column(f"expert ({report.model_id})", justify="right")
+    table.add_column("TF-IDF + LinearSVC", justify="right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if report.data_matches_build is False:
+        console.print("[yellow]the data file differs from the one the expert was built on[/]")
+    console.print(f"report: {out / 'report.md'} (JSON, PNGs beside it)")
