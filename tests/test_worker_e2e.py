@@ -7,15 +7,9 @@ dead-letter), through kills, restarts, two workers in a group and a drain on SIG
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +18,11 @@ from prometheus_client import CollectorRegistry
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
 from tests.kafka_helpers import OutputReader, committed, produce
+from tests.worker_process import WorkerProcess
+from tests.worker_process import output_topics as _outputs
+from tests.worker_process import sources as _sources
+from tests.worker_process import ticket_payload as _ticket
+from tests.worker_process import worker_env as _env
 from worker.broker import TopicLayout, create_layout
 from worker.config import Settings
 from worker.runner import started_worker
@@ -31,34 +30,6 @@ from worker.runner import started_worker
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 3
-SUBJECTS = [
-    "cannot connect to vpn from home since this morning",
-    "forgot my password and my account is locked",
-    "laptop screen flickers and the docking station does not charge",
-    "outlook keeps asking for credentials, teams calendar empty",
-    "need access to the finance shared drive for new starter",
-    "suspicious email asking me to confirm my bank details, clicked the link",
-    "database backup job failed with ORA-01555 on prod",
-    "server disk /var at 95 percent, monitoring alert",
-    "SAP transaction ME21N gives authorisation error",
-    "please install visio on my pc",
-    "kubernetes deployment stuck in CrashLoopBackOff after pipeline run",
-    "the coffee machine on floor 3 is broken",
-]
-
-
-def _ticket(i: int) -> bytes:
-    return json.dumps(
-        {
-            "id": f"INC{i:07d}",
-            "source": "canonical",
-            "subject": SUBJECTS[i % len(SUBJECTS)],
-            "body": f"ticket number {i}",
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-    ).encode()
-
-
 BAD = [b"\x00\xff\xfe", b"{not json", b'{"id": "x", "subject": 5}', b"[]", b""]
 
 
@@ -67,93 +38,6 @@ def layout(bootstrap: str, taxonomy_file: Path) -> Taxonomy:
     tax = Taxonomy.load(taxonomy_file)
     create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
     return tax
-
-
-def _outputs(tax: Taxonomy) -> list[str]:
-    return [q.topic for q in tax.queues] + [tax.topics.triage, tax.topics.dead_letter]
-
-
-def _env(
-    bootstrap: str, taxonomy_file: Path, model_dir: Path, group: str, tmp: Path
-) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "ROUTER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "ROUTER_KAFKA__GROUP_ID": group,
-        "ROUTER_TAXONOMY_PATH": str(taxonomy_file),
-        "ROUTER_ENGINE__MODEL_DIR": str(model_dir),
-        "ROUTER_ENGINE__CACHE_DIR": str(REPO / ".state" / "vllm-cache"),
-        "ROUTER_METRICS__PORT": "0",
-        "ROUTER_LOG_FORMAT": "json",
-        "ROUTER_SHUTDOWN_GRACE_S": "20",
-    }
-
-
-class WorkerProcess:
-    """`ticket-router worker` as a child process, with its JSON log captured to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "ticket_router", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def events(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
-
-    def wait_for_event(self, name: str, timeout_s: float = 180) -> dict[str, object]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for e in self.events():
-                if e.get("event") == name:
-                    return e
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"worker exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.2)
-        raise AssertionError(f"no {name} event:\n{self.log_path.read_text()[-3000:]}")
-
-    def metric(self, name: str) -> float:
-        port = self.wait_for_event("worker_started")["metrics_port"]
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
-        total = 0.0
-        for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", body, re.M):
-            total += float(m.group(1))
-        return total
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 90) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._log.close()
-
-
-def _sources(records: list) -> set[tuple[str, int, int]]:
-    return {r.source for r in records}
 
 
 async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
