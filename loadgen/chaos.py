@@ -1,0 +1,377 @@
+"""Chaos accounting: every inbound record against the router's outputs, through kills.
+
+Pure (no I/O in the accounting functions); the Kafka and log reading of the command-line
+entry (`python -m loadgen.chaos`) sits at the bottom of the module.
+
+Every output record names its inbound record in its `router.source.*` headers. At-least-once
+mode: an inbound record without an output is LOST; outputs beyond the first are DUPLICATED.
+
+Exactly-once mode: every output also carries `router.txn` = "<transactional id>:<boot>:<seq>",
+and the worker logs `transaction_committed` (txn, tickets, offsets) or `transaction_aborted`
+(txn, reason) for each transaction. A broker that does not filter aborted records (the
+embedded one) shows aborted outputs too, so each output is classified by its transaction:
+- committed: logged committed;
+- aborted: logged aborted;
+- unknown: not logged. Only the last transaction of a killed boot may be unknown (the kill
+  can land between the broker's commit and the log line). It is resolved by evidence: if
+  its inbound records all have outputs in committed transactions it was aborted (had it
+  committed, they would be duplicates), if none do it committed (had it aborted, they would
+  be lost); anything in between is a violation. Callers may cross-check the resolution with
+  the group's committed offsets taken right after the kill (`check_snapshot`).
+Then: zero lost and zero duplicated among committed outputs; each committed transaction
+holds as many outputs as it logged, and none of them at or beyond the offsets it committed
+(outputs and offsets move together); committed offsets never go back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SourceRef = tuple[str, int, int]  # inbound (topic, partition, offset)
+TP = tuple[str, int]
+_SHOWN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output record: where it is, which inbound record it answers, its transaction."""
+
+    topic: str
+    partition: int
+    offset: int
+    source: SourceRef
+    txn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnName:
+    """A parsed `router.txn` header value."""
+
+    transactional_id: str
+    boot: str
+    seq: int
+
+    @classmethod
+    def parse(cls, name: str) -> TxnName:
+        tid, boot, seq = name.rsplit(":", 2)
+        return cls(transactional_id=tid, boot=boot, seq=int(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class TxnLog:
+    """What a worker logged about one transaction."""
+
+    name: str
+    committed: bool
+    tickets: int | None = None
+    offsets: Mapping[TP, int] = field(default_factory=dict)
+    reason: str | None = None
+
+
+_TP_KEY = re.compile(r"^(?P<topic>.+)\[(?P<partition>\d+)\]$")
+
+
+def parse_offsets(raw: object) -> dict[TP, int]:
+    """The `offsets` of a `transaction_committed` event: {"topic[p]": offset, ...}."""
+    out: dict[TP, int] = {}
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            m = _TP_KEY.match(str(key))
+            if m is None:
+                raise ValueError(f"unexpected offsets key {key!r}")
+            out[(m["topic"], int(m["partition"]))] = int(value)
+    elif raw is not None:
+        raise ValueError(f"unexpected offsets value {raw!r}")
+    return out
+
+
+def transaction_logs(events: Iterable[Mapping[str, Any]]) -> dict[str, TxnLog]:
+    """Transaction outcomes from a worker's JSON log events."""
+    logs: dict[str, TxnLog] = {}
+    for e in events:
+        if e.get("event") == "transaction_committed":
+            name = str(e["txn"])
+            logs[name] = TxnLog(
+                name=name,
+                committed=True,
+                tickets=int(e["tickets"]) if e.get("tickets") is not None else None,
+                offsets=parse_offsets(e.get("offsets")),
+            )
+        elif e.get("event") == "transaction_aborted":
+            name = str(e["txn"])
+            logs[name] = TxnLog(name=name, committed=False, reason=str(e.get("reason")))
+    return logs
+
+
+# ---------------------------------------------------------------------------- at least once
+
+
+@dataclass(frozen=True, slots=True)
+class AtLeastOnceFigures:
+    """The accounting of an at-least-once run."""
+
+    sent: int
+    outputs: int
+    lost: int
+    duplicated: int
+    unexpected: int  # outputs naming an inbound record that was not sent
+    lost_examples: tuple[SourceRef, ...] = ()
+
+    def summary(self, *, kills: int) -> str:
+        return (
+            f"at-least-once: sent {self.sent}, lost {self.lost}, duplicated {self.duplicated}, "
+            f"kills {kills} (outputs {self.outputs}, unexpected {self.unexpected})"
+        )
+
+
+def account_at_least_once(
+    sent: Collection[SourceRef], outputs: Iterable[Output]
+) -> AtLeastOnceFigures:
+    """Lost, duplicated and unexpected outputs of an at-least-once run."""
+    counts = Counter(o.source for o in outputs)
+    sent_set = set(sent)
+    lost = sorted(sent_set - counts.keys())
+    return AtLeastOnceFigures(
+        sent=len(sent_set),
+        outputs=sum(counts.values()),
+        lost=len(lost),
+        duplicated=sum(n - 1 for s, n in counts.items() if s in sent_set),
+        unexpected=sum(n for s, n in counts.items() if s not in sent_set),
+        lost_examples=tuple(lost[:_SHOWN]),
+    )
+
+
+def ungrounded(committed: Mapping[TP, int], done: Collection[SourceRef]) -> list[SourceRef]:
+    """Inbound records below a committed offset without an output (at-least-once: none)."""
+    return [
+        (t, p, o) for (t, p), end in committed.items() for o in range(end) if (t, p, o) not in done
+    ]
+
+
+# ---------------------------------------------------------------------------- exactly once
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """One run of a worker process: its boot id (from the txn names) and how it ended."""
+
+    boot: str
+    killed: bool
+
+
+@dataclass
+class ExactlyOnceFigures:
+    """The accounting of an exactly-once run."""
+
+    sent: int = 0
+    outputs: int = 0
+    committed_outputs: int = 0
+    aborted_outputs: int = 0
+    committed_txns: int = 0
+    aborted_txns: int = 0
+    unknown_txns_committed: list[str] = field(default_factory=list)
+    unknown_txns_aborted: list[str] = field(default_factory=list)
+    lost: int = 0
+    duplicated: int = 0
+    unexpected: int = 0
+    violations: list[str] = field(default_factory=list)
+    committed_sources: set[SourceRef] = field(default_factory=set)
+
+    def summary(self, *, kills: int) -> str:
+        return (
+            f"exactly-once: sent {self.sent}, lost {self.lost}, duplicated {self.duplicated} "
+            f"(among committed), kills {kills}; outputs {self.outputs}: committed "
+            f"{self.committed_outputs} in {self.committed_txns} txns, aborted "
+            f"{self.aborted_outputs} (visible; {self.aborted_txns} txns); unknown txns "
+            f"resolved committed {len(self.unknown_txns_committed)}, aborted "
+            f"{len(self.unknown_txns_aborted)}; violations {len(self.violations)}"
+        )
+
+
+def _committed_in_order(
+    logs: Mapping[str, TxnLog], boots: Sequence[Boot]
+) -> list[tuple[TxnName, TxnLog]]:
+    order = {b.boot: i for i, b in enumerate(boots)}
+    named = [(TxnName.parse(n), t) for n, t in logs.items() if t.committed]
+    return sorted(named, key=lambda nt: (order.get(nt[0].boot, len(order)), nt[0].seq))
+
+
+def _check_committed_txns(
+    by_txn: Mapping[str, list[Output]],
+    logs: Mapping[str, TxnLog],
+    boots: Sequence[Boot],
+    figures: ExactlyOnceFigures,
+) -> None:
+    """Per committed transaction: output count as logged, outputs below its offsets,
+    offsets never going back."""
+    last: dict[TP, int] = {}
+    for name, txn in _committed_in_order(logs, boots):
+        outs = by_txn.get(txn.name, [])
+        if txn.tickets is not None and txn.tickets != len(outs):
+            figures.violations.append(
+                f"{txn.name} logged {txn.tickets} tickets, {len(outs)} outputs carry it"
+            )
+        for o in outs:
+            tp = (o.source[0], o.source[1])
+            if tp not in txn.offsets or o.source[2] >= txn.offsets[tp]:
+                figures.violations.append(
+                    f"{txn.name} committed output for {o.source} without its offset "
+                    f"(committed {txn.offsets.get(tp)})"
+                )
+                break
+        for tp, offset in txn.offsets.items():
+            if offset < last.get(tp, 0):
+                figures.violations.append(
+                    f"{txn.name} moved {tp} back from {last[tp]} to {offset} ({name.boot})"
+                )
+            last[tp] = offset
+
+
+def _resolve_unknown(
+    name: str,
+    outs: Sequence[Output],
+    *,
+    killed: bool,
+    last_of_boot: bool,
+    logged_committed: Collection[SourceRef],
+    figures: ExactlyOnceFigures,
+) -> bool:
+    """Whether the unlogged transaction `name` committed (see the module docstring)."""
+    if not killed:
+        figures.violations.append(f"{name}: never logged, but its boot ended cleanly")
+    elif not last_of_boot:
+        figures.violations.append(f"{name}: never logged, and a later transaction followed")
+    srcs = {o.source for o in outs}
+    covered = srcs & set(logged_committed)
+    if covered == srcs:
+        figures.unknown_txns_aborted.append(name)
+        return False
+    if not covered:
+        figures.unknown_txns_committed.append(name)
+        return True
+    figures.violations.append(
+        f"{name}: {len(covered)} of its {len(srcs)} inbound records have committed outputs "
+        "elsewhere (committed: duplicates; aborted: lost)"
+    )
+    figures.unknown_txns_aborted.append(name)
+    return False
+
+
+def account_exactly_once(
+    sent: Collection[SourceRef],
+    outputs: Iterable[Output],
+    logs: Mapping[str, TxnLog],
+    boots: Sequence[Boot],
+    *,
+    broker_filters_aborted: bool,
+) -> ExactlyOnceFigures:
+    """Classify every output by its transaction and account for every inbound record.
+
+    Args:
+        sent: the inbound records.
+        outputs: every output record read (read_committed).
+        logs: the transaction outcomes logged by every boot.
+        boots: every boot, in start order; all but a cleanly stopped one count as killed.
+        broker_filters_aborted: the broker hides aborted records (Apache Kafka): every
+            output read is then committed, whatever the logs say.
+    """
+    figures = ExactlyOnceFigures(sent=len(set(sent)))
+    outs = list(outputs)
+    figures.outputs = len(outs)
+    by_txn: dict[str, list[Output]] = defaultdict(list)
+    for o in outs:
+        if o.txn is None:
+            figures.violations.append(f"output {o.topic}[{o.partition}]@{o.offset} has no txn")
+            continue
+        by_txn[o.txn].append(o)
+    killed = {b.boot: b.killed for b in boots}
+    last_seq: dict[str, int] = {}
+    for name in [*by_txn, *logs]:
+        t = TxnName.parse(name)
+        last_seq[t.boot] = max(last_seq.get(t.boot, 0), t.seq)
+    logged_committed = {
+        o.source for n, group in by_txn.items() if n in logs and logs[n].committed for o in group
+    }
+    committed: list[Output] = []
+    for name in sorted(by_txn, key=lambda n: (TxnName.parse(n).boot, TxnName.parse(n).seq)):
+        group = by_txn[name]
+        t = TxnName.parse(name)
+        log = logs.get(name)
+        if log is not None:
+            is_committed = log.committed
+            if not log.committed and broker_filters_aborted:
+                figures.violations.append(f"{name}: logged aborted, yet its outputs are visible")
+                is_committed = True
+        elif broker_filters_aborted:
+            is_committed = True
+        else:
+            is_committed = _resolve_unknown(
+                name,
+                group,
+                killed=killed.get(t.boot, True),
+                last_of_boot=t.seq == last_seq[t.boot],
+                logged_committed=logged_committed,
+                figures=figures,
+            )
+        if is_committed:
+            committed.extend(group)
+        else:
+            figures.aborted_outputs += len(group)
+    figures.committed_txns = sum(1 for t in logs.values() if t.committed)
+    figures.aborted_txns = sum(1 for t in logs.values() if not t.committed)
+    figures.committed_outputs = len(committed)
+    counts = Counter(o.source for o in committed)
+    sent_set = set(sent)
+    figures.lost = len(sent_set - counts.keys())
+    figures.duplicated = sum(n - 1 for s, n in counts.items() if s in sent_set)
+    figures.unexpected = sum(n for s, n in counts.items() if s not in sent_set)
+    figures.committed_sources = set(counts)
+    _check_committed_txns(by_txn, logs, boots, figures)
+    return figures
+
+
+def check_snapshot(
+    snapshot: Mapping[TP, int],
+    *,
+    boot: str,
+    outputs: Iterable[Output],
+    figures: ExactlyOnceFigures,
+    check_unknown: bool = True,
+) -> list[str]:
+    """Cross-check a committed-offset snapshot taken right after `boot` was killed.
+
+    Every inbound record below a snapshot offset must have a committed output. With
+    `check_unknown`, the boot's unknown transaction must agree with the snapshot: resolved
+    committed means the snapshot is past all its records, resolved aborted means it is
+    before all of them. (Apache Kafka may still be writing a commit's markers when the
+    snapshot is taken: there, leave it out.)
+    """
+    problems = [
+        f"after killing {boot}: {s} is below the committed offset but has no committed output"
+        for s in ungrounded(snapshot, figures.committed_sources)[:_SHOWN]
+    ]
+    if not check_unknown:
+        return problems
+    unknown = {n: True for n in figures.unknown_txns_committed} | {
+        n: False for n in figures.unknown_txns_aborted
+    }
+    per_txn: dict[str, list[Output]] = defaultdict(list)
+    for o in outputs:
+        if o.txn in unknown and TxnName.parse(o.txn).boot == boot:
+            per_txn[o.txn].append(o)
+    for name, outs in per_txn.items():
+        for o in outs:
+            tp = (o.source[0], o.source[1])
+            past = snapshot.get(tp, 0) > o.source[2]
+            if past != unknown[name]:
+                problems.append(
+                    f"{name} resolved {'committed' if unknown[name] else 'aborted'}, but the "
+                    f"committed offset of {tp} after the kill is {snapshot.get(tp)} "
+                    f"(record {o.source[2]})"
+                )
+                break
+    return problems
