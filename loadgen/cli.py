@@ -810,3 +810,73 @@ def _cpu_cores() -> int:
     import os
 
     return os.cpu_count() or 1
+
+
+# --- ticket-router loadgen capacity: the highest rate meeting the latency SLO ------------
+
+
+@app.command("capacity")
+def capacity_command(
+    out_dir: Dir = Path(".state/loadgen/capacity"),
+    model: Annotated[
+        Path | None, typer.Option(help="Expert folder (default: .state/models/default-expert).")
+    ] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka to use (default: an embedded broker, free port).")
+    ] = None,
+    start_rate: Annotated[float, typer.Option(min=0.01, help="First offered rate, /s.")] = 25.0,
+    factor: Annotated[float, typer.Option(min=1.01, help="Next rate = rate x factor.")] = 1.5,
+    step_add: Annotated[
+        float, typer.Option(min=0, help="Next rate = rate + this, /s (overrides --factor).")
+    ] = 0.0,
+    step_s: Annotated[float, typer.Option(min=0.5, help="Seconds per step.")] = 15.0,
+    tail_s: Annotated[float, typer.Option(min=0, help="Grace after a step's sends, s.")] = 2.0,
+    slo_p99_s: Annotated[float, typer.Option(min=0.001, help="p99 latency SLO, s.")] = 1.0,
+    min_delivered: Annotated[
+        float, typer.Option(min=0, max=1, help="Share delivered within step + tail.")
+    ] = 0.99,
+    max_rate: Annotated[float, typer.Option(min=0.01, help="Highest rate to offer, /s.")] = 2000.0,
+    max_steps: Annotated[int, typer.Option(min=1, help="Most steps, bisection included.")] = 12,
+    bisect: Annotated[bool, typer.Option(help="One step between last pass and first fail.")] = (
+        True
+    ),
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = 6,
+    seed: Seed = 0,
+) -> None:
+    """Ramp the open-loop rate to the highest one with p99 under the SLO and bounded lag.
+
+    Writes capacity.json and capacity.png to --dir.
+    """
+    from loadgen import capacity
+    from worker.logs import configure_logging
+
+    configure_logging(level="WARNING", fmt="console")
+    try:
+        plan = capacity.RampPlan(
+            start_rate_per_s=start_rate,
+            growth_factor=factor,
+            growth_add_per_s=step_add,
+            step_s=step_s,
+            tail_s=tail_s,
+            max_rate_per_s=max_rate,
+            max_steps=max_steps,
+            bisect=bisect,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    slo = capacity.Slo(p99_s=slo_p99_s, min_delivered_fraction=min_delivered)
+    run = capacity.CapacityRun(
+        model_dir=model, bootstrap=bootstrap, out_dir=out_dir, partitions=partitions, seed=seed
+    )
+    console = _console()
+    code, doc = capacity.run_capacity(
+        run, plan, slo, on_step=lambda s: console.print(capacity.step_line(s))
+    )
+    if code == capacity.EXIT_MODEL_MISSING:
+        console.print(
+            f"[red]no usable expert at {doc['model_dir']}[/]: {doc['error']}\n"
+            "build it with `ticket-router expert build` (or pass --model)"
+        )
+        raise typer.Exit(code)
+    capacity.print_curve(doc)
+    console.print(f"wrote {out_dir / 'capacity.json'}, {out_dir / 'capacity.png'}")
