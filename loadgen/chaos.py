@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SourceRef = tuple[str, int, int]  # inbound (topic, partition, offset)
@@ -375,3 +375,129 @@ def check_snapshot(
                 )
                 break
     return problems
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _read_outputs(
+    bootstrap: str, topics: Sequence[str], *, idle_s: float, deadline_s: float
+) -> list[Output]:
+    """Every output record (read_committed, from the beginning) with a source header."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer, KafkaError
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"chaos-accounting-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe(list(topics))
+    out: list[Output] = []
+    at_eof: set[TP] = set()
+    start = last = time.monotonic()
+    try:
+        while (now := time.monotonic()) - start < deadline_s:
+            assigned = {(p.topic, p.partition) for p in consumer.assignment()}
+            if assigned and assigned <= at_eof and now - last > idle_s:
+                break
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            tp = (str(msg.topic()), int(msg.partition() or 0))
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(tp)
+                continue
+            at_eof.discard(tp)
+            last = time.monotonic()
+            headers: dict[str, bytes] = {}
+            raw = msg.headers() or []
+            for name, value in raw.items() if isinstance(raw, dict) else raw:
+                headers[name] = value.encode() if isinstance(value, str) else (value or b"")
+            if "router.source.offset" not in headers:
+                continue
+            txn = headers.get("router.txn")
+            out.append(
+                Output(
+                    topic=tp[0],
+                    partition=tp[1],
+                    offset=int(msg.offset() or 0),
+                    source=(
+                        headers["router.source.topic"].decode(),
+                        int(headers["router.source.partition"]),
+                        int(headers["router.source.offset"]),
+                    ),
+                    txn=txn.decode() if txn is not None else None,
+                )
+            )
+    finally:
+        consumer.close()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m loadgen.chaos`: print the accounting figures of a run, as JSON.
+
+    Sent records come from a replay manifest (partition and offset of each delivered
+    ticket); outputs are read from the taxonomy's output topics. With --exactly-once, the
+    worker logs (JSON lines) give each transaction's outcome; each log file is one boot,
+    in start order, the last one stopped cleanly.
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    from loadgen.replay import read_manifest
+    from schemas.taxonomy import Taxonomy
+
+    parser = argparse.ArgumentParser(prog="python -m loadgen.chaos", description=main.__doc__)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--taxonomy", type=Path, default=None)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--exactly-once", action="store_true")
+    parser.add_argument("--worker-log", type=Path, action="append", default=[])
+    parser.add_argument("--broker-filters-aborted", action="store_true")
+    parser.add_argument("--idle-s", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    tax = Taxonomy.load(args.taxonomy)
+    sent = [
+        (tax.topics.inbound, r.partition, r.offset)
+        for r in read_manifest(args.manifest)
+        if r.delivered and r.partition is not None and r.offset is not None
+    ]
+    topics = [q.topic for q in tax.queues] + [tax.topics.triage, tax.topics.dead_letter]
+    outputs = _read_outputs(args.bootstrap, topics, idle_s=args.idle_s, deadline_s=600)
+    if not args.exactly_once:
+        alo = account_at_least_once(sent, outputs)
+        print(json.dumps(asdict(alo)))
+        return 0 if not alo.lost and not alo.unexpected else 1
+    logs: dict[str, TxnLog] = {}
+    boots: list[Boot] = []
+    for i, path in enumerate(args.worker_log):
+        lines = path.read_text(errors="replace").splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        found = transaction_logs(events)
+        logs.update(found)
+        if found:
+            boot = TxnName.parse(next(iter(found))).boot
+            boots.append(Boot(boot=boot, killed=i < len(args.worker_log) - 1))
+    figures = account_exactly_once(
+        sent, outputs, logs, boots, broker_filters_aborted=args.broker_filters_aborted
+    )
+    shown = {k: v for k, v in asdict(figures).items() if k != "committed_sources"}
+    print(json.dumps(shown))
+    return 0 if not figures.violations and not figures.lost and not figures.duplicated else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

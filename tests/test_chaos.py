@@ -425,3 +425,62 @@ def test_exactly_once_accounting_on_a_filtering_broker_counts_every_visible_outp
     figures = account_exactly_once(sent, outputs, logs, boots, broker_filters_aborted=True)
     assert figures.duplicated == 1
     assert any("logged aborted" in v for v in figures.violations)
+
+
+def test_chaos_command_prints_the_figures_of_a_run(
+    bootstrap: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m loadgen.chaos` on a stand-in router's outputs: one lost, one duplicated."""
+    import json
+
+    from confluent_kafka import Producer
+
+    from loadgen.chaos import main
+
+    tax = Taxonomy.load(unique_taxonomy(tax_path(tmp_path), f"cli.{unique}"))
+    create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=2))
+    positions = produce_tracked(
+        bootstrap, tax.topics.inbound, [ticket_payload(i) for i in range(4)]
+    )
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [
+        {
+            "ticket_id": f"INC{i:07d}",
+            "queue": "hardware",
+            "format": "canonical",
+            "storm": None,
+            "seq": i,
+            "scheduled_s": 0.0,
+            "due_s": 0.0,
+            "sent_at": 0.0,
+            "lag_s": 0.0,
+            "delivered": True,
+            "partition": p,
+            "offset": o,
+        }
+        for i, (_t, p, o) in enumerate(positions)
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for t, p, o in [*positions[:3], positions[0]]:  # the last one lost, the first twice
+        headers = [
+            ("router.source.topic", t.encode()),
+            ("router.source.partition", b"%d" % p),
+            ("router.source.offset", b"%d" % o),
+        ]
+        producer.produce(tax.queues[0].topic, value=b"{}", headers=headers)
+    assert producer.flush(30) == 0
+    code = main(
+        [
+            "--bootstrap",
+            bootstrap,
+            "--taxonomy",
+            str(tax_path(tmp_path)),
+            "--manifest",
+            str(manifest),
+            "--idle-s",
+            "1",
+        ]
+    )
+    figures = json.loads(capsys.readouterr().out)
+    assert (code, figures["sent"], figures["lost"], figures["duplicated"]) == (1, 4, 1, 1)
