@@ -93,12 +93,17 @@ class InMemoryPublisher:
 
     sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
     failing_topics: set[str] = field(default_factory=set)
+    max_value_bytes: int | None = None
 
     async def publish(
         self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> tuple[int, int]:
         if topic in self.failing_topics:
             raise RetryableError(f"broker down for {topic}")
+        if self.max_value_bytes is not None and len(value) > self.max_value_bytes:
+            from worker.errors import RecordTooLargeError
+
+            raise RecordTooLargeError(f"record too large for {topic}")
         self.sent.append((topic, key, value, dict(headers)))
         return (0, len(self.sent) - 1)
 

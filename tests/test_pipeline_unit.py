@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -214,3 +215,17 @@ async def test_aborted_transaction_is_reread_and_committed_once() -> None:
     offsets = sorted(int(h[H_SOURCE_OFFSET]) for *_, h in pub.sent)
     assert offsets == list(range(n))  # the aborted four were routed again, once
     assert metrics.registry.get_sample_value("router_commits_total", {"result": "aborted"}) == 1
+
+
+async def test_dead_letter_too_large_for_the_cluster_is_cut_and_marked_not_crash_looped() -> None:
+    raw = b"~" + b"x" * 2000
+    pub = InMemoryPublisher(max_value_bytes=1500)
+    source = InMemorySource(records=[_record(0, raw)])
+    pipeline, metrics = _pipeline(FakeEngine(TAX.labels, _decide), pub)
+    await pipeline.run(source, stop_after=1)
+    ((topic, _, value, headers),) = pub.sent
+    assert topic == TAX.topics.dead_letter
+    assert raw.startswith(value) and len(value) < len(raw)
+    assert headers["router.dead-letter.truncated-from-bytes"] == str(len(raw)).encode()
+    assert headers["router.dead-letter.sha256"] == hashlib.sha256(raw).hexdigest().encode()
+    assert source.last_committed() == {(TOPIC, 0): 1}

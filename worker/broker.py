@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -24,17 +24,31 @@ from worker.errors import BrokerUnreachableError
 log = structlog.get_logger(__name__)
 
 
+# A dead letter is the inbound record plus error headers, so it can be a little larger than
+# the largest inbound record the cluster accepts: give its topic room.
+DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 2**20
+
+
 @dataclass(frozen=True, slots=True)
 class TopicLayout:
-    """Every topic the router uses, with its partition count."""
+    """Every topic the router uses, with its partition count and per-topic configs."""
 
     topics: tuple[str, ...]
     partitions: int
+    configs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_taxonomy(cls, taxonomy: Taxonomy, *, partitions: int) -> TopicLayout:
         """Inbound, one routed topic per queue, triage and dead-letter."""
-        return cls(topics=tuple(taxonomy.all_topics()), partitions=partitions)
+        return cls(
+            topics=tuple(taxonomy.all_topics()),
+            partitions=partitions,
+            configs={
+                taxonomy.topics.dead_letter: {
+                    "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)
+                }
+            },
+        )
 
 
 def create_layout(bootstrap: str, layout: TopicLayout, *, replication_factor: int = 1) -> list[str]:
@@ -44,6 +58,7 @@ def create_layout(bootstrap: str, layout: TopicLayout, *, replication_factor: in
         layout.topics,
         partitions=layout.partitions,
         replication_factor=replication_factor,
+        topic_configs=layout.configs,
     )
 
 

@@ -22,6 +22,10 @@ class FatalError(RouterError):
     """The worker must stop without committing anything more (exit code 1)."""
 
 
+class RecordTooLargeError(FatalError):
+    """The broker (or the client) refuses a record this large."""
+
+
 class TransactionAbortable(RouterError):
     """The open transaction must be aborted; its inputs are read again (exactly-once mode)."""
 

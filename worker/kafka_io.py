@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from worker.errors import (
     BrokerUnreachableError,
     FatalError,
+    RecordTooLargeError,
     RetryableError,
     TransactionAbortable,
 )
@@ -118,9 +119,10 @@ def create_topics(
     *,
     partitions: int,
     replication_factor: int = 1,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
     conf: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return those created."""
+    """Create missing topics (with `topic_configs[name]` as topic configs); return them."""
     admin = AdminClient({"bootstrap.servers": bootstrap, **(conf or {})})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [t for t in topics if t not in existing]
@@ -128,7 +130,12 @@ def create_topics(
         return []
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+            NewTopic(
+                t,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=dict((topic_configs or {}).get(t, {})),
+            )
             for t in wanted
         ],
         operation_timeout=10,
@@ -367,6 +374,8 @@ _RETRIABLE_PRODUCE = {
 
 
 def _delivery_error(topic: str, err: KafkaError) -> Exception:
+    if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        return RecordTooLargeError(f"record too large for {topic}: {err.str()}")
     if err.retriable() or err.code() in _RETRIABLE_PRODUCE:
         return RetryableError(f"delivery to {topic} failed: {err.str()}")
     return FatalError(f"delivery to {topic} failed: {err.str()}")
@@ -434,10 +443,7 @@ class Publisher:
         except BufferError as exc:
             raise RetryableError("producer queue full", retry_after_s=0.05) from exc
         except KafkaException as exc:
-            err = exc.args[0]
-            if err.retriable():
-                raise RetryableError(f"produce to {topic} failed: {err.str()}") from exc
-            raise FatalError(f"produce to {topic} failed: {err.str()}") from exc
+            raise _delivery_error(topic, exc.args[0]) from exc
         return await fut
 
     # -- transactions (only with a `transactional.id` in the configuration) -------------

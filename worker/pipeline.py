@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
-from worker.errors import FatalError, RetryableError, TransactionAbortable
+from worker.errors import FatalError, RecordTooLargeError, RetryableError, TransactionAbortable
 from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
@@ -43,6 +44,9 @@ H_SOURCE_PARTITION = "router.source.partition"
 H_SOURCE_OFFSET = "router.source.offset"
 H_DISPOSITION = "router.disposition"
 H_TRIAGE_REASON = "router.triage-reason"
+H_DEAD_LETTER_REASON = "router.dead-letter.reason"
+H_DEAD_LETTER_ORIGINAL_BYTES = "router.dead-letter.truncated-from-bytes"
+H_DEAD_LETTER_SHA256 = "router.dead-letter.sha256"
 H_TXN = "router.txn"  # exactly-once mode: the transaction that wrote the record
 
 
@@ -412,22 +416,27 @@ class Pipeline:
             source_offset=record.offset,
             failed_at=_now(),
         )
-        # The value is the raw payload, byte-exact, as Kafka Connect's dead-letter queue does;
-        # the reason travels in headers (and the JSON envelope is one header for tooling).
-        headers = (
-            self._headers(record)
-            + letter.headers()
-            + [
-                ("router.dead-letter.reason", exc.reason.value.encode()),
-            ]
-        )
+        # The value is the raw payload, byte-exact, as Kafka Connect's dead-letter queue
+        # does; the reason travels in headers.
+        headers = [
+            *self._headers(record),
+            *letter.headers(),
+            (H_DEAD_LETTER_REASON, exc.reason.value.encode()),
+        ]
+        raw = record.value or b""
+        topic = self.taxonomy.topics.dead_letter
         try:
-            await self._publish(
-                topic=self.taxonomy.topics.dead_letter,
-                key=record.key,
-                value=record.value or b"",
-                headers=headers,
-            )
+            try:
+                await self._publish(topic=topic, key=record.key, value=raw, headers=headers)
+            except RecordTooLargeError:
+                # The cluster refuses the copy (the inbound limit was larger than the
+                # dead-letter topic's): keep the head, its size and digest, never crash-loop.
+                cut = raw[: len(raw) // 2]
+                headers += [
+                    (H_DEAD_LETTER_ORIGINAL_BYTES, str(len(raw)).encode()),
+                    (H_DEAD_LETTER_SHA256, hashlib.sha256(raw).hexdigest().encode()),
+                ]
+                await self._publish(topic=topic, key=record.key, value=cut, headers=headers)
         except RetryableError as err:
             raise FatalError(f"dead-letter publish failed: {err}") from err
         self.metrics.tickets_dead_lettered.labels(reason=exc.reason.value).inc()

@@ -17,6 +17,7 @@ from expert.engine import ExpertLoadError, StreamingExpert, check_labels
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem
 from worker import kafka_io
+from worker.broker import DEAD_LETTER_MAX_MESSAGE_BYTES
 from worker.config import ENFORCED_CONSUMER, ENFORCED_PRODUCER, Settings, masked
 from worker.errors import EngineUnavailableError
 from worker.health import HealthServer, build_app
@@ -46,6 +47,8 @@ def producer_config(settings: Settings) -> dict[str, str]:
     """librdkafka producer settings: defaults < user `extra` < enforced overrides."""
     conf = {
         **settings.kafka.common_config(),
+        # Room for a dead letter of the largest inbound record (see worker.broker).
+        "message.max.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES),
         "linger.ms": "2",
         "compression.type": "lz4",
         **settings.kafka.extra,
