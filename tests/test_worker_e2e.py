@@ -193,6 +193,7 @@ def test_two_workers_share_partitions_and_route_everything(
         consumed_a = a.metric("router_messages_consumed_total")
         consumed_b = b.metric("router_messages_consumed_total")
         assert consumed_a > 0 and consumed_b > 0 and consumed_a + consumed_b >= n
+        _prometheus_reads_what_the_workers_routed([a, b], n=n, tmp_path=tmp_path)
         a.signal(signal.SIGTERM)
         b.signal(signal.SIGTERM)
         assert a.wait() == 0 and b.wait() == 0
@@ -239,3 +240,41 @@ async def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
         ends[p] = max(ends.get(p, 0), o + 1)
     assert committed(bootstrap, group, layout.topics.inbound, PARTITIONS) == ends
     assert registry.get_sample_value("router_commits_total", {"result": "ok"}) == len(txns)
+
+
+def _prometheus_reads_what_the_workers_routed(
+    workers: list[WorkerProcess], *, n: int, tmp_path: Path
+) -> None:
+    """A real Prometheus (deploy/prometheus config) scrapes the running workers; its HTTP API
+    gives back every decided ticket: routed + triaged = n, summed over both workers."""
+    from tests.test_deploy_monitoring import (
+        PrometheusServer,
+        require_tool,
+        scrape_config_for,
+        wait_for,
+    )
+
+    targets = [f"127.0.0.1:{w.wait_for_event('worker_started')['metrics_port']}" for w in workers]
+    config = scrape_config_for(targets[0])
+    config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    server = PrometheusServer(binary=require_tool("prometheus"), workdir=workdir, config=config)
+    try:
+        server.wait_ready()
+        expr = (
+            'sum(router_tickets_routed_total{job="ticket-router"})'
+            ' + sum(router_tickets_triaged_total{job="ticket-router"} or vector(0))'
+        )
+
+        def decided() -> float | None:
+            up = server.query('sum(up{job="ticket-router"})')
+            result = server.query(expr)
+            if up and float(up[0]["value"][1]) == len(workers) and result:
+                value = float(result[0]["value"][1])
+                return value if value >= n else None
+            return None
+
+        assert wait_for(decided, timeout_s=60, what="decided tickets in Prometheus") == n
+    finally:
+        server.stop()
