@@ -420,9 +420,16 @@ class StreamingExpert:
     async def shutdown(self) -> None:
         """Stop the engine core (idempotent)."""
         engine, self._engine = self._engine, None
-        if engine is not None:
-            await asyncio.to_thread(engine.shutdown)
-            log.info("expert_stopped", mode="streaming")
+        if engine is None:
+            return
+        # Stop vLLM's output handler first: left running, it sees the engine core exit
+        # and logs a spurious "engine dead" error on every clean shutdown.
+        handler = getattr(engine, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            await asyncio.wait([handler])
+        await asyncio.to_thread(engine.shutdown)
+        log.info("expert_stopped", mode="streaming")
 
 
 class BatchExpert:
