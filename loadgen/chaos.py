@@ -17,7 +17,7 @@ embedded one) shows aborted outputs too, so each output is classified by its tra
   its inbound records all have outputs in committed transactions it was aborted (had it
   committed, they would be duplicates), if none do it committed (had it aborted, they would
   be lost); anything in between is a violation. Callers may cross-check the resolution with
-  the group's committed offsets taken right after the kill (`check_snapshot`).
+  the group's committed offsets the killed boot left behind (`check_snapshot`).
 Then: zero lost and zero duplicated among committed outputs; each committed transaction
 holds as many outputs as it logged, and none of them at or beyond the offsets it committed
 (outputs and offsets move together); committed offsets never go back.
@@ -342,13 +342,14 @@ def check_snapshot(
     figures: ExactlyOnceFigures,
     check_unknown: bool = True,
 ) -> list[str]:
-    """Cross-check a committed-offset snapshot taken right after `boot` was killed.
+    """Cross-check the committed offsets a killed `boot` left behind.
 
-    Every inbound record below a snapshot offset must have a committed output. With
-    `check_unknown`, the boot's unknown transaction must agree with the snapshot: resolved
-    committed means the snapshot is past all its records, resolved aborted means it is
-    before all of them. (Apache Kafka may still be writing a commit's markers when the
-    snapshot is taken: there, leave it out.)
+    Take the snapshot once the transaction the kill interrupted is settled (the restarted
+    worker has fenced it) and before anything else commits: right after the kill, a commit
+    the broker was still processing may not show yet. Every inbound record below a snapshot
+    offset must have a committed output. With `check_unknown`, the boot's unknown
+    transaction must agree with the snapshot: resolved committed means the snapshot is
+    past all its records, resolved aborted means it is before all of them.
     """
     problems = [
         f"after killing {boot}: {s} is below the committed offset but has no committed output"

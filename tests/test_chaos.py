@@ -1,15 +1,21 @@
 """Chaos: the real worker (real vLLM, real Kafka clients) killed, starved and cut off.
 
-- 5,000+ tickets replayed while the worker is SIGKILLed 5 times at seeded random moments
-  and restarted: at-least-once loses nothing (duplicates are counted and printed);
-  exactly-once loses nothing and duplicates nothing among committed outputs (aborted
-  outputs, visible on the embedded broker, are counted apart).
+- 5,000 tickets replayed while the worker is SIGKILLed 5 times at seeded random moments
+  and restarted each time: at-least-once loses nothing (duplicates are counted and
+  printed); exactly-once loses nothing and duplicates nothing among committed outputs
+  (aborted outputs, visible on the embedded broker, are counted apart).
 - vLLM's engine-core process killed mid-stream: the worker exits non-zero (or recovers) and
   never commits the offset of a ticket it did not route; a restart finishes the job.
 - The broker frozen (SIGSTOP) for 20 s: the worker retries, resumes, loses nothing.
 
+Each scenario is a plain function; fixtures run two scenarios at a time in threads (the
+two replays, then the two faults), because a worker boot (three processes importing torch
+and vLLM, one after the other) keeps only one of the two cores busy. Tests then assert on
+each scenario's result.
+
 Runs against the session's embedded broker, or against any Kafka named by CHAOS_BOOTSTRAP
-(outputs are read read_committed; there aborted records are filtered by the broker).
+(outputs are read read_committed; there aborted records are filtered by the broker). The
+broker-freeze scenario always starts its own embedded broker.
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadgen.chaos import (
+    AtLeastOnceFigures,
     Boot,
+    ExactlyOnceFigures,
     Output,
     TxnLog,
     TxnName,
@@ -57,35 +69,27 @@ KILLS = 5
 SEED = 20_261_127
 EXTERNAL = os.environ.get("CHAOS_BOOTSTRAP") or None
 BAD = [b"\x00\xff\xfe", b"{not json", b'{"id": "x", "subject": 5}', b"[]", b""]
-
-chaos = [pytest.mark.chaos, pytest.mark.slow]
-
-
-# ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def chaos_bootstrap(request: pytest.FixtureRequest) -> str:
-    """CHAOS_BOOTSTRAP when set (any Kafka), else the session's embedded broker."""
-    if EXTERNAL:
-        return EXTERNAL
-    return str(request.getfixturevalue("broker").bootstrap)
+SCENARIO_TIMEOUT_S = 1_200
 
 
 def tax_path(tmp_path: Path) -> Path:
     return tmp_path / "taxonomy.yaml"
 
 
-@pytest.fixture
-def chaos_layout(chaos_bootstrap: str, tmp_path: Path, unique: str) -> Taxonomy:
-    tax = Taxonomy.load(unique_taxonomy(tax_path(tmp_path), f"chaos.{unique}"))
-    create_layout(chaos_bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
+def _layout(bootstrap: str, tmp: Path, name: str) -> Taxonomy:
+    tax = Taxonomy.load(unique_taxonomy(tax_path(tmp), f"{name}.{uuid.uuid4().hex[:10]}"))
+    create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
     return tax
 
 
 def _stream(n: int) -> list[bytes]:
     """`n` inbound records: valid tickets with a bad payload every 100th record."""
     return [BAD[i // 100 % len(BAD)] if i % 100 == 99 else ticket_payload(i) for i in range(n)]
+
+
+def _keys(n: int) -> list[bytes | None]:
+    """Record keys, so that the records spread over every partition."""
+    return [f"ticket-{i}".encode() for i in range(n)]
 
 
 def _kill_points(rng: random.Random, n: int, kills: int, *, min_gap: int) -> list[int]:
@@ -114,52 +118,49 @@ def _kill_at(out: OutputLog, worker: WorkerProcess, point: int) -> None:
         worker.kill()
 
 
-# ---------------------------------------------------------------------------- at least once
-
-
-@pytest.mark.timeout(900)
-@pytest.mark.chaos
-@pytest.mark.slow
-def test_five_sigkills_during_replay_lose_nothing_at_least_once(
-    chaos_bootstrap: str, chaos_layout: Taxonomy, tiny_expert_dir: Path, unique: str, tmp_path: Path
-) -> None:
-    tax, group = chaos_layout, f"chaos-alo-{unique}"
-    inbound = tax.topics.inbound
-    positions = produce_tracked(chaos_bootstrap, inbound, _stream(TICKETS))
-    ends = partition_ends(positions)
-    env = worker_env(chaos_bootstrap, tax_path(tmp_path), tiny_expert_dir, group)
-    points = _kill_points(random.Random(SEED), TICKETS, KILLS, min_gap=300)
-    out = OutputLog(chaos_bootstrap, output_topics(tax))
+def _finish(
+    bootstrap: str, group: str, inbound: str, ends: dict[int, int], w: WorkerProcess
+) -> dict[int, int]:
+    """Let the worker commit everything, then stop it with SIGTERM (exit code 0)."""
     try:
-        for k, point in enumerate(points):
-            _kill_at(out, WorkerProcess(env, tmp_path / f"boot{k}.log"), point)
-            # Nothing committed that was not written: every offset below a committed one
-            # has an output already (the killed worker cannot add any now).
-            snapshot = committed_offsets(chaos_bootstrap, group, inbound, PARTITIONS)
-            done = sources(out.read_to_end(PARTITIONS))
-            missing = ungrounded({(inbound, p): o for p, o in snapshot.items()}, done)
-            assert not missing, f"kill {k + 1}: committed without output: {missing[:5]}"
-        last = WorkerProcess(env, tmp_path / "final.log")
-        try:
-            final = wait_for_committed(
-                chaos_bootstrap, group, inbound, ends, worker=last, timeout_s=300
-            )
-            last.signal(signal.SIGTERM)
-            assert last.wait(timeout_s=120) == 0, last.tail()
-        finally:
-            last.kill()
-        out.read_to_end(PARTITIONS)
-        figures = account_at_least_once(positions, out.outputs())
+        final = wait_for_committed(bootstrap, group, inbound, ends, worker=w, timeout_s=300)
+        w.signal(signal.SIGTERM)
+        assert w.wait(timeout_s=120) == 0, w.tail()
     finally:
-        out.close()
-    print(figures.summary(kills=KILLS), f"kill points {points}")
-    assert figures.sent == TICKETS
-    assert figures.lost == 0, f"lost {figures.lost_examples}"
-    assert figures.unexpected == 0
-    assert final == ends
+        w.kill()
+    return final
 
 
-# ---------------------------------------------------------------------------- exactly once
+def _progress(worker: WorkerProcess) -> str:
+    """The worker's own view of its progress, from /metrics (for failure messages)."""
+    names = (
+        "router_assigned_partitions",
+        "router_in_flight_tickets",
+        "router_messages_consumed_total",
+        "router_commits_total",
+    )
+    return ", ".join(f"{name} {worker.metric(name):.0f}" for name in names)
+
+
+def _boots_s(workers: list[WorkerProcess]) -> str:
+    times = [t for w in workers if (t := w.boot_s()) is not None]
+    return f"boots {len(workers)}, to worker_started {min(times):.0f}-{max(times):.0f} s"
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Replay:
+    """A replay through KILLS SIGKILLs and a clean finish."""
+
+    points: list[int]
+    ends: dict[int, int]
+    final: dict[int, int]
+    boots: str
+    at_least_once: AtLeastOnceFigures | None = None
+    exactly_once: ExactlyOnceFigures | None = None
+    ungrounded_after_kill: list[str] = field(default_factory=list)
 
 
 def _boot(worker: WorkerProcess, *, killed: bool) -> Boot | None:
@@ -170,50 +171,66 @@ def _boot(worker: WorkerProcess, *, killed: bool) -> Boot | None:
     return None
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.chaos
-@pytest.mark.slow
-def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
-    chaos_bootstrap: str, chaos_layout: Taxonomy, tiny_expert_dir: Path, unique: str, tmp_path: Path
-) -> None:
-    tax, group = chaos_layout, f"chaos-eos-{unique}"
-    inbound = tax.topics.inbound
-    positions = produce_tracked(chaos_bootstrap, inbound, _stream(TICKETS))
+def replay_with_kills(bootstrap: str, model_dir: Path, tmp: Path, *, exactly_once: bool) -> Replay:
+    """Replay TICKETS tickets; SIGKILL the worker KILLS times at seeded moments, restarting
+    it each time; let the last worker finish; account for every inbound record.
+
+    At least once, after each kill: every offset below a committed one has an output
+    already. Exactly once: the same transactional id for every boot (each restart fences
+    the one before); the committed offsets left by each killed boot (taken when the next
+    one has started) are checked against the outputs at the end.
+    """
+    mode = "eos" if exactly_once else "alo"
+    tax = _layout(bootstrap, tmp, f"chaos-{mode}")
+    group, inbound = f"chaos-{mode}-{uuid.uuid4().hex[:10]}", tax.topics.inbound
+    positions = produce_tracked(bootstrap, inbound, _stream(TICKETS), keys=_keys(TICKETS))
     ends = partition_ends(positions)
+    eos_env = {
+        "ROUTER_KAFKA__EXACTLY_ONCE": "true",
+        "ROUTER_KAFKA__TRANSACTIONAL_ID": f"{group}-worker-0",
+    }
     env = worker_env(
-        chaos_bootstrap,
-        tax_path(tmp_path),
-        tiny_expert_dir,
-        group,
-        # The same transactional id for every boot: each restart fences the one before.
-        ROUTER_KAFKA__EXACTLY_ONCE="true",
-        ROUTER_KAFKA__TRANSACTIONAL_ID=f"chaos-{unique}",
+        bootstrap, tax_path(tmp), model_dir, group, **(eos_env if exactly_once else {})
     )
-    points = _kill_points(random.Random(SEED + 1), TICKETS, KILLS, min_gap=300)
-    out = OutputLog(chaos_bootstrap, output_topics(tax))
+    points = _kill_points(random.Random(SEED + exactly_once), TICKETS, KILLS, min_gap=300)
+    out = OutputLog(bootstrap, output_topics(tax))
     workers: list[WorkerProcess] = []
     snapshots: list[dict[tuple[str, int], int]] = []
+    problems: list[str] = []
+
+    def snapshot_when_started(worker: WorkerProcess) -> dict[tuple[str, int], int]:
+        # Once the restarted worker has started, its producer has fenced the killed one:
+        # any transaction left open is aborted, a commit in flight is complete. It commits
+        # nothing itself before it has joined the group and finished a transaction.
+        worker.wait_for_event("worker_started", timeout_s=300)
+        snap = committed_offsets(bootstrap, group, inbound, PARTITIONS)
+        return {(inbound, p): o for p, o in snap.items()}
+
     try:
         for k, point in enumerate(points):
-            workers.append(WorkerProcess(env, tmp_path / f"boot{k}.log"))
+            workers.append(WorkerProcess(env, tmp / f"boot{k}.log"))
+            if exactly_once and k > 0:
+                snapshots.append(snapshot_when_started(workers[-1]))
             _kill_at(out, workers[-1], point)
-            # Stable committed offsets right after the kill (an open transaction's offsets
-            # are not among them); checked against the outputs at the end.
-            snap = committed_offsets(chaos_bootstrap, group, inbound, PARTITIONS)
-            snapshots.append({(inbound, p): o for p, o in snap.items()})
-        workers.append(WorkerProcess(env, tmp_path / "final.log"))
-        try:
-            final = wait_for_committed(
-                chaos_bootstrap, group, inbound, ends, worker=workers[-1], timeout_s=300
-            )
-            workers[-1].signal(signal.SIGTERM)
-            assert workers[-1].wait(timeout_s=120) == 0, workers[-1].tail()
-        finally:
-            workers[-1].kill()
+            if not exactly_once:
+                # Nothing committed that was not written: every offset below a committed
+                # one has an output already (the killed worker cannot add any now).
+                snap = committed_offsets(bootstrap, group, inbound, PARTITIONS)
+                done = sources(out.read_to_end(PARTITIONS))
+                missing = ungrounded({(inbound, p): o for p, o in snap.items()}, done)
+                problems += [f"kill {k + 1}: {s} committed without output" for s in missing[:5]]
+        workers.append(WorkerProcess(env, tmp / "final.log"))
+        if exactly_once:
+            snapshots.append(snapshot_when_started(workers[-1]))
+        final = _finish(bootstrap, group, inbound, ends, workers[-1])
         out.read_to_end(PARTITIONS)
         outputs = out.outputs()
     finally:
         out.close()
+    result = Replay(points, ends, final, _boots_s(workers), ungrounded_after_kill=problems)
+    if not exactly_once:
+        result.at_least_once = account_at_least_once(positions, outputs)
+        return result
     logs: dict[str, TxnLog] = {}
     for w in workers:
         logs.update(transaction_logs(w.events()))
@@ -226,139 +243,252 @@ def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
         [b for b in boots if b is not None],
         broker_filters_aborted=EXTERNAL is not None,
     )
-    for i, boot in enumerate(boots[:-1]):
-        if boot is None:  # killed before its first transaction ended: nothing to cross-check
-            continue
-        figures.violations += check_snapshot(
-            snapshots[i],
-            boot=boot.boot,
-            outputs=outputs,
-            figures=figures,
-            check_unknown=EXTERNAL is None,
+    for snapshot, boot in zip(snapshots, boots[:-1], strict=True):
+        if boot is not None:  # (None: killed before its first transaction ended)
+            figures.violations += check_snapshot(
+                snapshot, boot=boot.boot, outputs=outputs, figures=figures
+            )
+    result.exactly_once = figures
+    return result
+
+
+@dataclass
+class EngineCoreKill:
+    """The engine core killed under one worker, then a second worker finishing the job."""
+
+    exit_code: int | None  # None: the worker recovered and routed everything
+    committed_before_restart: dict[int, int]
+    committed_without_output: list[tuple[str, int, int]]
+    figures: AtLeastOnceFigures
+    triaged_for_deadline: int
+    boots: str
+
+
+def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKill:
+    """Kill vLLM's engine-core process mid-stream; restart the worker if it exited."""
+    tax = _layout(bootstrap, tmp, "chaos-core")
+    group, inbound, n = f"chaos-core-{uuid.uuid4().hex[:10]}", tax.topics.inbound, 2_000
+    positions = produce_tracked(bootstrap, inbound, _stream(n), keys=_keys(n))
+    ends = partition_ends(positions)
+    env = worker_env(bootstrap, tax_path(tmp), model_dir, group)
+    out = OutputLog(bootstrap, output_topics(tax))
+    first = WorkerProcess(env, tmp / "first.log")
+    workers = [first]
+    code: int | None = None
+    try:
+        try:
+            out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(first))
+            core = first.engine_core()
+            assert core is not None, f"no EngineCore process among {first.group_members()}"
+            core.kill()
+            # Crash loudly (non-zero exit), or recover and route everything: not half alive.
+            out.follow(lambda o: not first.is_alive() or o.distinct() >= n, timeout_s=180)
+            if not first.is_alive():
+                code = first.wait()
+        finally:
+            first.kill()
+        snapshot = committed_offsets(bootstrap, group, inbound, PARTITIONS)
+        done = sources(out.read_to_end(PARTITIONS))
+        missing = ungrounded({(inbound, p): o for p, o in snapshot.items()}, done)
+        if code is not None:
+            workers.append(WorkerProcess(env, tmp / "second.log"))
+            _finish(bootstrap, group, inbound, ends, workers[-1])
+        out.read_to_end(PARTITIONS)
+        deadline_triage = sum(
+            1
+            for r in out.records
+            if r.topic == tax.topics.triage
+            and RoutedTicket.model_validate_json(r.value).triage_reason
+            is TriageReason.DEADLINE_EXCEEDED
         )
-    print(figures.summary(kills=KILLS), f"kill points {points}")
+        figures = account_at_least_once(positions, out.outputs())
+    finally:
+        out.close()
+    return EngineCoreKill(code, snapshot, missing, figures, deadline_triage, _boots_s(workers))
+
+
+@dataclass
+class BrokerFreeze:
+    """A worker through a 20 s broker freeze."""
+
+    figures: AtLeastOnceFigures
+    ends: dict[int, int]
+    final: dict[int, int]
+    events: dict[str, int]
+
+
+def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> BrokerFreeze:
+    """SIGSTOP a dedicated embedded broker for `freeze_s` while the worker routes, SIGCONT."""
+    broker = EmbeddedBroker(state_dir=tmp / "broker", port=free_port())
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap
+        tax = _layout(bootstrap, tmp, "chaos-freeze")
+        group, n = f"chaos-freeze-{uuid.uuid4().hex[:10]}", 2_000
+        positions = produce_tracked(bootstrap, tax.topics.inbound, _stream(n), keys=_keys(n))
+        ends = partition_ends(positions)
+        out = OutputLog(bootstrap, output_topics(tax))
+        worker = WorkerProcess(
+            worker_env(bootstrap, tax_path(tmp), model_dir, group), tmp / "w.log"
+        )
+        try:
+            out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(worker))
+            pid = broker.running_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                thaw_at = time.monotonic() + freeze_s  # the fault's duration, not a wait
+                while time.monotonic() < thaw_at:
+                    _alive(worker)()
+                    time.sleep(0.5)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            # The same process all along: it rode the outage out instead of crashing.
+            try:
+                out.follow(lambda o: o.distinct() >= n, timeout_s=150, tick=_alive(worker))
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the worker says: {_progress(worker)}") from exc
+            final = _finish(bootstrap, group, tax.topics.inbound, ends, worker)
+            out.read_to_end(PARTITIONS)
+            figures = account_at_least_once(positions, out.outputs())
+        finally:
+            worker.kill()
+            out.close()
+    finally:
+        broker.stop()
+    counts: dict[str, int] = {}
+    for e in worker.events():
+        name = str(e.get("event"))
+        if name.startswith(("kafka_", "retry_", "partitions_")):
+            counts[name] = counts.get(name, 0) + 1
+    return BrokerFreeze(figures, ends, final, counts)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run two scenarios at once; each result is its value or the exception it raised."""
+
+    def captured(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except BaseException as exc:  # handed to the test that owns the scenario
+            return exc
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="scenario") as pool:
+        a, b = pool.submit(captured, first), pool.submit(captured, second)
+        return a.result(), b.result()
+
+
+def _result(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+@pytest.fixture(scope="module")
+def chaos_bootstrap(request: pytest.FixtureRequest) -> str:
+    """CHAOS_BOOTSTRAP when set (any Kafka), else the session's embedded broker."""
+    if EXTERNAL:
+        return EXTERNAL
+    return str(request.getfixturevalue("broker").bootstrap)
+
+
+@pytest.fixture(scope="module")
+def replays(
+    chaos_bootstrap: str, tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Any]:
+    """The at-least-once and the exactly-once replays with kills, run side by side."""
+    alo, eos = tmp_path_factory.mktemp("alo"), tmp_path_factory.mktemp("eos")
+    return _both(
+        lambda: replay_with_kills(chaos_bootstrap, tiny_expert_dir, alo, exactly_once=False),
+        lambda: replay_with_kills(chaos_bootstrap, tiny_expert_dir, eos, exactly_once=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def faults(
+    chaos_bootstrap: str, tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Any]:
+    """The engine-core kill and the broker freeze, run side by side."""
+    core, freeze = tmp_path_factory.mktemp("core"), tmp_path_factory.mktemp("freeze")
+    return _both(
+        lambda: engine_core_kill(chaos_bootstrap, tiny_expert_dir, core),
+        lambda: broker_freeze(tiny_expert_dir, freeze),
+    )
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_five_sigkills_during_replay_lose_nothing_at_least_once(replays: tuple[Any, Any]) -> None:
+    run: Replay = _result(replays[0])
+    figures = run.at_least_once
+    assert figures is not None
+    print(figures.summary(kills=KILLS), f"kill points {run.points}; {run.boots}")
+    assert run.ungrounded_after_kill == []
+    assert figures.sent == TICKETS
+    assert figures.lost == 0, f"lost {figures.lost_examples}"
+    assert figures.unexpected == 0
+    assert run.final == run.ends
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
+    replays: tuple[Any, Any],
+) -> None:
+    run: Replay = _result(replays[1])
+    figures = run.exactly_once
+    assert figures is not None
+    print(figures.summary(kills=KILLS), f"kill points {run.points}; {run.boots}")
     assert figures.sent == TICKETS
     assert figures.violations == [], "\n".join(figures.violations[:20])
     assert (figures.lost, figures.duplicated, figures.unexpected) == (0, 0, 0)
-    assert final == ends
-    # The run committed real work in transactions, and every boot fenced the one before.
-    assert figures.committed_txns > KILLS and figures.committed_outputs == TICKETS
+    assert figures.committed_outputs == TICKETS
+    assert figures.committed_txns > KILLS  # real work was committed in transactions
+    assert run.final == run.ends
 
 
-# ---------------------------------------------------------------------------- engine core
-
-
-@pytest.mark.timeout(600)
 @pytest.mark.chaos
 @pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_killed_engine_core_crashes_worker_without_committing_unrouted_tickets(
-    chaos_bootstrap: str, chaos_layout: Taxonomy, tiny_expert_dir: Path, unique: str, tmp_path: Path
+    faults: tuple[Any, Any],
 ) -> None:
-    tax, group = chaos_layout, f"chaos-core-{unique}"
-    inbound, n = tax.topics.inbound, 2_000
-    positions = produce_tracked(chaos_bootstrap, inbound, _stream(n))
-    ends = partition_ends(positions)
-    env = worker_env(chaos_bootstrap, tax_path(tmp_path), tiny_expert_dir, group)
-    out = OutputLog(chaos_bootstrap, output_topics(tax))
-    first = WorkerProcess(env, tmp_path / "first.log")
-    code: int | None = None
-    try:
-        out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(first))
-        core = first.engine_core()
-        assert core is not None, f"no EngineCore process among {first.group_members()}"
-        core.kill()
-        # Crash loudly (non-zero exit), or recover and route everything: not half alive.
-        out.follow(lambda o: not first.is_alive() or o.distinct() >= n, timeout_s=180)
-        recovered = first.is_alive()
-        if not recovered:
-            code = first.wait()
-            assert code not in (0, -signal.SIGKILL), f"exit code {code}:\n{first.tail()}"
-    finally:
-        first.kill()
-    snapshot = committed_offsets(chaos_bootstrap, group, inbound, PARTITIONS)
-    done = sources(out.read_to_end(PARTITIONS))
-    missing = ungrounded({(inbound, p): o for p, o in snapshot.items()}, done)
-    assert not missing, f"offsets committed for tickets never routed: {missing[:5]}"
-    second = WorkerProcess(env, tmp_path / "second.log")
-    try:
-        wait_for_committed(chaos_bootstrap, group, inbound, ends, worker=second, timeout_s=300)
-        second.signal(signal.SIGTERM)
-        assert second.wait(timeout_s=120) == 0, second.tail()
-    finally:
-        second.kill()
-    out.read_to_end(PARTITIONS)
-    figures = account_at_least_once(positions, out.outputs())
-    # A dead engine is fatal, not "unsure": no ticket went to triage for a missed deadline.
-    timed_out = [
-        r
-        for r in out.records
-        if r.topic == tax.topics.triage
-        and RoutedTicket.model_validate_json(r.value).triage_reason
-        is TriageReason.DEADLINE_EXCEEDED
-    ]
-    out.close()
+    run: EngineCoreKill = _result(faults[0])
+    outcome = "recovered" if run.exit_code is None else f"worker exited {run.exit_code}"
     print(
-        f"engine core killed: {'recovered' if recovered else f'worker exited {code}'}; "
-        f"committed before restart {snapshot}; {figures.summary(kills=1)}"
+        f"engine core killed: {outcome}; committed before restart "
+        f"{run.committed_before_restart}; {run.figures.summary(kills=1)}; {run.boots}"
     )
-    assert figures.lost == 0, f"lost {figures.lost_examples}"
-    assert figures.unexpected == 0
-    assert timed_out == []
+    assert run.exit_code not in (0, -signal.SIGKILL)
+    assert run.committed_without_output == [], "offsets committed for tickets never routed"
+    assert run.figures.lost == 0, f"lost {run.figures.lost_examples}"
+    assert run.figures.unexpected == 0
+    # A dead engine is fatal, not "unsure": no ticket went to triage for a missed deadline.
+    assert run.triaged_for_deadline == 0
 
 
-# ---------------------------------------------------------------------------- broker outage
-
-
-@pytest.mark.timeout(600)
 @pytest.mark.chaos
 @pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_broker_frozen_for_20s_worker_retries_resumes_and_loses_nothing(
-    tiny_expert_dir: Path, unique: str, tmp_path: Path
+    faults: tuple[Any, Any],
 ) -> None:
-    broker = EmbeddedBroker(state_dir=tmp_path / "broker", port=free_port())
-    broker.start()
-    bootstrap, group, n = broker.bootstrap, f"chaos-outage-{unique}", 2_000
-    tax = Taxonomy.load(unique_taxonomy(tax_path(tmp_path), f"outage.{unique}"))
-    create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
-    positions = produce_tracked(bootstrap, tax.topics.inbound, _stream(n))
-    ends = partition_ends(positions)
-    out = OutputLog(bootstrap, output_topics(tax))
-    worker = WorkerProcess(
-        worker_env(bootstrap, tax_path(tmp_path), tiny_expert_dir, group), tmp_path / "w.log"
-    )
-    try:
-        out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(worker))
-        pid = broker.running_pid()
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            outage_end = time.monotonic() + 20  # the fault's duration, not a wait for a state
-            while time.monotonic() < outage_end:
-                _alive(worker)()
-                time.sleep(0.5)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        out.follow(lambda o: o.distinct() >= n, timeout_s=300, tick=_alive(worker))
-        final = wait_for_committed(
-            bootstrap, group, tax.topics.inbound, ends, worker=worker, timeout_s=120
-        )
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(timeout_s=120) == 0, worker.tail()
-        out.read_to_end(PARTITIONS)
-        figures = account_at_least_once(positions, out.outputs())
-    finally:
-        worker.kill()
-        out.close()
-        broker.stop()
-    retries = [e for e in worker.events() if e.get("event") == "retry_scheduled"]
-    kafka_errors = [e for e in worker.events() if str(e.get("event", "")).startswith("kafka_")]
+    run: BrokerFreeze = _result(faults[1])
     print(
-        f"broker frozen 20 s: {figures.summary(kills=0)}; worker logged {len(retries)} retries, "
-        f"{len(kafka_errors)} Kafka client errors, and kept running (one process throughout)"
+        f"broker frozen 20 s: {run.figures.summary(kills=0)}; worker events {run.events}; "
+        "one worker process throughout"
     )
-    assert figures.lost == 0, f"lost {figures.lost_examples}"
-    assert figures.unexpected == 0
-    assert final == ends
+    assert run.figures.lost == 0, f"lost {run.figures.lost_examples}"
+    assert run.figures.unexpected == 0
+    assert run.final == run.ends
 
 
 # ---------------------------------------------------------------------------- accounting

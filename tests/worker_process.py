@@ -126,6 +126,7 @@ class WorkerProcess:
         self._log = log_path.open("wb")
         self._events: list[dict[str, Any]] = []
         self._read_pos = 0
+        self.started_at = datetime.now(UTC)
         self.proc = subprocess.Popen(
             [*WORKER_COMMAND, *args],
             env=env,
@@ -177,6 +178,14 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.2)
         raise AssertionError(f"no {name} event:\n{self.tail()}")
+
+    def boot_s(self) -> float | None:
+        """Seconds from process start to `worker_started` (None: it never got there)."""
+        for e in self.events():
+            if e.get("event") == "worker_started":
+                at = datetime.fromisoformat(str(e["timestamp"]).replace("Z", "+00:00"))
+                return (at - self.started_at).total_seconds()
+        return None
 
     def metrics_text(self, host: str = "127.0.0.1") -> str:
         port = self.wait_for_event("worker_started")["metrics_port"]
