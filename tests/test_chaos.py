@@ -14,8 +14,9 @@ and vLLM, one after the other) keeps only one of the two cores busy. Tests then 
 each scenario's result.
 
 Runs against the session's embedded broker, or against any Kafka named by CHAOS_BOOTSTRAP
-(outputs are read read_committed; there aborted records are filtered by the broker). The
-broker-freeze scenario always starts its own embedded broker.
+(topics created with CHAOS_REPLICATION_FACTOR, default 1; outputs are read read_committed,
+and there aborted records are filtered by the broker). The broker-freeze scenario always
+starts its own embedded broker.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ TICKETS = 5_000
 KILLS = 5
 SEED = 20_261_127
 EXTERNAL = os.environ.get("CHAOS_BOOTSTRAP") or None
+REPLICATION_FACTOR = int(os.environ.get("CHAOS_REPLICATION_FACTOR", "1"))
 BAD = [b"\x00\xff\xfe", b"{not json", b'{"id": "x", "subject": 5}', b"[]", b""]
 SCENARIO_TIMEOUT_S = 1_200
 
@@ -78,7 +80,8 @@ def tax_path(tmp_path: Path) -> Path:
 
 def _layout(bootstrap: str, tmp: Path, name: str) -> Taxonomy:
     tax = Taxonomy.load(unique_taxonomy(tax_path(tmp), f"{name}.{uuid.uuid4().hex[:10]}"))
-    create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=PARTITIONS))
+    layout = TopicLayout.from_taxonomy(tax, partitions=PARTITIONS)
+    create_layout(bootstrap, layout, replication_factor=REPLICATION_FACTOR if EXTERNAL else 1)
     return tax
 
 

@@ -222,9 +222,7 @@ class WorkerProcess:
 
     def engine_core(self) -> psutil.Process | None:
         """vLLM's engine-core child process, found by its process title."""
-        for p in self.group_members():
-            if p.pid == self.proc.pid:
-                continue
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
             try:
                 if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
                     return p
