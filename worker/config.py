@@ -167,6 +167,24 @@ def load_settings(*, config_file: Path | None = None, **overrides: Any) -> Setti
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+_SECRET_KEY_PARTS = ("password", "secret", "token", "jaas", "credential", "key.pem", "ssl.key")
+
+
+def is_secret_setting(name: str) -> bool:
+    """True for librdkafka settings that carry credentials (never logged in clear)."""
+    lowered = name.lower()
+    return any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings for the start-up log, secrets masked."""
-    return settings.model_dump(mode="json")  # SecretStr dumps as '**********'
+    """The effective settings for logs and --check-config, secrets masked.
+
+    SecretStr fields dump as '**********'; librdkafka passthrough settings whose names carry
+    credentials (passwords, secrets, tokens, JAAS config, private keys) are masked too.
+    """
+    data = settings.model_dump(mode="json")
+    extra = data["kafka"]["extra"]
+    data["kafka"]["extra"] = {
+        k: ("**********" if is_secret_setting(k) else v) for k, v in extra.items()
+    }
+    return data
