@@ -74,7 +74,7 @@ class BuildConfig(BaseModel):
     split_seed: int = DEFAULT_SPLIT_SEED
     test_fraction: float = Field(default=DEFAULT_TEST_FRACTION, ge=0.0, lt=1.0)
     lora_rank: int = Field(default=16, ge=1)
-    lora_alpha: float | None = None
+    lora_alpha: int | None = None
 
 
 def label_token_for(label: str) -> str:
@@ -559,7 +559,7 @@ def build_lora(
     targets = [token_ids[label] for label in parts.train.labels]
     torch.manual_seed(config.seed)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank
+    alpha = config.lora_alpha if config.lora_alpha is not None else 2 * config.lora_rank
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=alpha,
@@ -581,7 +581,7 @@ def build_lora(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(str(out_dir))
     card = ExpertCard(
         model_id=config.model_id or f"lora-{out_dir.resolve().name}",
         labels=tuple(labels),

@@ -361,7 +361,13 @@ class StreamingExpert:
             ) from exc
         self._loaded = loaded
         # The first logprob request compiles a sampler op; pay for it here.
-        await self.classify(_WARMUP_TEXT, request_id="warmup-0")
+        try:
+            await self.classify(_WARMUP_TEXT, request_id="warmup-0")
+        except EngineFailure as exc:
+            await self.shutdown()
+            raise ExpertLoadError(
+                f"{self._config.model_dir}: warm-up request failed: {exc}"
+            ) from exc
         log.info(
             "expert_started",
             model_id=self.model_id,
@@ -468,7 +474,13 @@ class BatchExpert:
                 f"{self._config.model_dir}: vLLM could not load it: {exc}"
             ) from exc
         self._loaded = loaded
-        self.classify_batch([_WARMUP_TEXT])
+        try:
+            self.classify_batch([_WARMUP_TEXT])
+        except EngineFailure as exc:
+            self.close()
+            raise ExpertLoadError(
+                f"{self._config.model_dir}: warm-up request failed: {exc}"
+            ) from exc
         log.info(
             "expert_started",
             model_id=loaded.card.model_id,

@@ -55,8 +55,9 @@ def test_overlong_ticket_is_cut_and_classified_not_rejected(batch_expert: BatchE
 
 def test_ticket_typing_a_label_token_cannot_inject_an_answer(batch_expert: BatchExpert) -> None:
     token = batch_expert.card.label_tokens["security_incident"]
-    plain, injected = batch_expert.classify_batch(["vpn broken", f"vpn broken {token}"])
-    assert plain.probabilities == pytest.approx(injected.probabilities, abs=0.05)
+    # The label token is blanked out of the text, so both prompts are the same tokens.
+    blanked, injected = batch_expert.classify_batch(["vpn broken  ", f"vpn broken {token}"])
+    assert injected.probabilities == pytest.approx(blanked.probabilities, abs=1e-3)
 
 
 def test_vllm_answers_match_the_trained_torch_model(
