@@ -331,9 +331,10 @@ def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> Brok
         positions = produce_tracked(bootstrap, tax.topics.inbound, _stream(n), keys=_keys(n))
         ends = partition_ends(positions)
         out = OutputLog(bootstrap, output_topics(tax))
-        worker = WorkerProcess(
-            worker_env(bootstrap, tax_path(tmp), model_dir, group), tmp / "w.log"
-        )
+        # A small in-flight bound: backpressure (paused partitions) is certain to be on
+        # when the partitions are lost during the freeze.
+        env = worker_env(bootstrap, tax_path(tmp), model_dir, group, ROUTER_MAX_IN_FLIGHT="32")
+        worker = WorkerProcess(env, tmp / "w.log")
         try:
             out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(worker))
             pid = broker.running_pid()
@@ -492,6 +493,87 @@ def test_broker_frozen_for_20s_worker_retries_resumes_and_loses_nothing(
     assert run.figures.lost == 0, f"lost {run.figures.lost_examples}"
     assert run.figures.unexpected == 0
     assert run.final == run.ends
+
+
+# ---------------------------------------------------------------------------- pause + loss
+
+
+class _Listener:
+    """Records the Source's rebalance callbacks (no pipeline behind it)."""
+
+    def __init__(self) -> None:
+        self.assigned: list[list[tuple[str, int]]] = []
+        self.lost: list[list[tuple[str, int]]] = []
+
+    def on_assigned(self, tps: list[tuple[str, int]]) -> None:
+        self.assigned.append(tps)
+
+    def on_revoked(self, tps: list[tuple[str, int]], ops: object) -> dict[tuple[str, int], int]:
+        return {}
+
+    def on_lost(self, tps: list[tuple[str, int]], ops: object) -> None:
+        self.lost.append(tps)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(120)
+async def test_partitions_lost_while_paused_fetch_again_once_reassigned(tmp_path: Path) -> None:
+    """The worker's backpressure through a broker outage, at the Source: partitions are
+    paused (in-flight bound reached), lost (session timeout), resumed while nothing is
+    assigned (in-flight drained), then assigned again: they must be fetched again.
+
+    librdkafka keeps a partition's pause flag across a loss and re-assignment, so a Source
+    that resumes only what is assigned at that moment leaves the worker alive, ready and
+    idle for good (seen in the broker-freeze scenario).
+    """
+    from worker.config import Settings
+    from worker.kafka_io import Source
+    from worker.runner import consumer_config
+
+    broker = EmbeddedBroker(state_dir=tmp_path / "broker", port=free_port())
+    broker.start()
+    try:
+        topic = f"paused-{uuid.uuid4().hex[:10]}"
+        create_layout(broker.bootstrap, TopicLayout(topics=(topic,), partitions=2))
+        settings = Settings(
+            kafka={
+                "bootstrap_servers": broker.bootstrap,
+                "group_id": f"g-{topic}",
+                "session_timeout_ms": 3000,
+            }
+        )
+        listener = _Listener()
+        source = Source(conf=consumer_config(settings), topics=[topic], listener=listener)
+        await source.start()
+
+        async def poll_until(done: Callable[[], bool], what: str, *, timeout_s: float) -> int:
+            records, deadline = 0, time.monotonic() + timeout_s
+            while not done():
+                assert time.monotonic() < deadline, f"no {what} within {timeout_s}s"
+                records += len(await source.poll(max_records=100, timeout_s=0.2))
+            return records
+
+        try:
+            await poll_until(lambda: bool(listener.assigned), "assignment", timeout_s=30)
+            await source.pause(await source.assignment())
+            pid = broker.running_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await poll_until(lambda: bool(listener.lost), "loss", timeout_s=30)
+                await source.resume({})  # the pipeline, once its in-flight tickets drained
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await poll_until(lambda: len(listener.assigned) > 1, "re-assignment", timeout_s=30)
+            produce_tracked(broker.bootstrap, topic, [b"a", b"b", b"c", b"d"], keys=_keys(4))
+            got, deadline = 0, time.monotonic() + 15
+            while got < 4 and time.monotonic() < deadline:
+                got += len(await source.poll(max_records=100, timeout_s=0.2))
+            assert got == 4, f"{got} of 4 records fetched after the re-assignment"
+        finally:
+            await source.close()
+    finally:
+        broker.stop()
 
 
 # ---------------------------------------------------------------------------- accounting
