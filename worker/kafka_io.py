@@ -185,6 +185,7 @@ class Source:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._consumer: Consumer | None = None
         self._fatal: BaseException | None = None
+        self._paused = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -208,7 +209,14 @@ class Source:
             self._fatal = FatalError(f"consumer fatal error: {err.str()}")
         log.warning("kafka_consumer_error", error=err.str(), code=err.code())
 
-    def _on_assign(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_assign(self, c: Consumer, parts: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause flag across a loss and a later re-assignment:
+        # give every newly assigned partition the pause state the pipeline is in now.
+        c.incremental_assign(parts)
+        if self._paused:
+            c.pause(parts)
+        else:
+            c.resume(parts)
         self._listener.on_assigned([(p.topic, p.partition) for p in parts])
 
     def _on_revoke(self, c: Consumer, parts: list[TopicPartition]) -> None:
@@ -257,7 +265,11 @@ class Source:
         return out
 
     async def pause(self, tps: Sequence[TP]) -> None:
-        await self._call(lambda: self.consumer.pause([TopicPartition(t, p) for t, p in tps]))
+        await self._call(self._pause, list(tps))
+
+    def _pause(self, tps: list[TP]) -> None:
+        self._paused = True
+        self.consumer.pause([TopicPartition(t, p) for t, p in tps])
 
     async def resume(self, positions: Mapping[TP, int]) -> None:
         """Resume partitions, first seeking each to `positions[tp]` when given.
@@ -267,6 +279,7 @@ class Source:
         await self._call(self._resume, dict(positions))
 
     def _resume(self, positions: dict[TP, int]) -> None:
+        self._paused = False
         assigned = {(p.topic, p.partition) for p in self.consumer.assignment()}
         for (t, p), offset in positions.items():
             if (t, p) in assigned:
@@ -345,8 +358,14 @@ class Source:
         positions = self.consumer.position(parts)
         out = {}
         for part in positions:
-            _low, high = self.consumer.get_watermark_offsets(part, timeout=5, cached=False)
-            pos = part.offset if part.offset >= 0 else _low
+            try:
+                low, high = self.consumer.get_watermark_offsets(part, timeout=2, cached=False)
+            except KafkaException as exc:  # broker unreachable: skip this sample, not fatal
+                log.debug(
+                    "lag_unavailable", topic=part.topic, partition=part.partition, error=str(exc)
+                )
+                continue
+            pos = part.offset if part.offset >= 0 else low
             out[(part.topic, part.partition)] = max(0, high - pos)
         return out
 
