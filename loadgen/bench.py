@@ -235,17 +235,7 @@ def run_bench(
         model = ensure_default_expert()
     model_dir = model
     unique = uuid.uuid4().hex[:8]
-    base = Taxonomy.load()
-    tax = base.model_copy(
-        update={
-            "topics": base.topics.model_copy(
-                update={k: f"{v}.bench-{unique}" for k, v in base.topics.model_dump().items()}
-            ),
-            "queues": tuple(
-                q.model_copy(update={"topic": f"{q.topic}.bench-{unique}"}) for q in base.queues
-            ),
-        }
-    )
+    tax = Taxonomy.load().with_topic_suffix(f".bench-{unique}")
     tax_path = Path(".state") / f"bench-taxonomy-{unique}.yaml"
     tax_path.parent.mkdir(parents=True, exist_ok=True)
     import yaml

@@ -619,18 +619,7 @@ def model_problem(model_dir: Path) -> str | None:
 def _run_taxonomy(run_id: str) -> Taxonomy:
     from schemas.taxonomy import Taxonomy
 
-    base = Taxonomy.load()
-    suffix = f".capacity-{run_id}"
-    return base.model_copy(
-        update={
-            "topics": base.topics.model_copy(
-                update={k: f"{v}{suffix}" for k, v in base.topics.model_dump().items()}
-            ),
-            "queues": tuple(
-                q.model_copy(update={"topic": f"{q.topic}{suffix}"}) for q in base.queues
-            ),
-        }
-    )
+    return Taxonomy.load().with_topic_suffix(f".capacity-{run_id}")
 
 
 def run_capacity(

@@ -120,6 +120,19 @@ class Taxonomy(BaseModel):
             self.topics.dead_letter,
         ]
 
+    def with_topic_suffix(self, suffix: str) -> Taxonomy:
+        """The same queues with every topic name suffixed (isolated runs on a shared cluster)."""
+        return self.model_copy(
+            update={
+                "topics": self.topics.model_copy(
+                    update={k: f"{v}{suffix}" for k, v in self.topics.model_dump().items()}
+                ),
+                "queues": tuple(
+                    q.model_copy(update={"topic": f"{q.topic}{suffix}"}) for q in self.queues
+                ),
+            }
+        )
+
     @classmethod
     def from_yaml_text(cls, text: str, *, source: str = "<text>") -> Taxonomy:
         """Parse and validate a taxonomy document.

@@ -67,3 +67,12 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 def test_malformed_taxonomy_text_is_explained(text: str, message: str) -> None:
     with pytest.raises(TaxonomyError, match=message):
         Taxonomy.from_yaml_text(text)
+
+
+def test_topic_suffix_renames_every_topic_and_keeps_the_queues() -> None:
+    from schemas.taxonomy import Taxonomy
+
+    base = Taxonomy.load()
+    run = base.with_topic_suffix(".run-1")
+    assert run.labels == base.labels
+    assert run.all_topics() == [f"{t}.run-1" for t in base.all_topics()]
