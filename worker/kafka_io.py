@@ -40,6 +40,7 @@ from worker.errors import (
 log = structlog.get_logger(__name__)
 
 TP = tuple[str, int]  # (topic, partition)
+COOPERATIVE = "cooperative-sticky"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,14 @@ class Source:
         self, *, conf: Mapping[str, str], topics: Sequence[str], listener: RebalanceListener
     ) -> None:
         self._conf = dict(conf)
+        # The rebalance callbacks assign and revoke incrementally: an eager protocol would
+        # make librdkafka refuse incremental_assign() inside the callback.
+        strategy = self._conf.setdefault("partition.assignment.strategy", COOPERATIVE)
+        if strategy != COOPERATIVE:
+            raise ValueError(
+                f"partition.assignment.strategy must be {COOPERATIVE!r} for a Source, "
+                f"not {strategy!r}"
+            )
         self._topics = list(topics)
         self._listener = listener
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
@@ -212,11 +221,15 @@ class Source:
     def _on_assign(self, c: Consumer, parts: list[TopicPartition]) -> None:
         # librdkafka keeps a partition's pause flag across a loss and a later re-assignment:
         # give every newly assigned partition the pause state the pipeline is in now.
-        c.incremental_assign(parts)
-        if self._paused:
-            c.pause(parts)
-        else:
-            c.resume(parts)
+        try:
+            c.incremental_assign(parts)
+            if self._paused:
+                c.pause(parts)
+            else:
+                c.resume(parts)
+        except KafkaException as exc:  # raised by the next poll, never lost in this callback
+            self._fatal = FatalError(f"could not take the assigned partitions: {exc}")
+            return
         self._listener.on_assigned([(p.topic, p.partition) for p in parts])
 
     def _on_revoke(self, c: Consumer, parts: list[TopicPartition]) -> None:
