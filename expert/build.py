@@ -150,7 +150,9 @@ def _encode_examples(
     ]
 
 
-def _batches(lengths: Sequence[int], *, batch_size: int, rng: random.Random) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], *, batch_size: int, rng: random.Random
+) -> list[list[int]]:
     """Shuffled batches of similar lengths (less padding), in shuffled order."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -260,7 +262,7 @@ def _train_loop(
     step, epoch_losses = 0, [0.0]
     while step < total_steps:
         epoch_losses = []
-        for batch in _batches(lengths, batch_size=config.batch_size, rng=rng):
+        for batch in length_batches(lengths, batch_size=config.batch_size, rng=rng):
             if step >= total_steps:
                 break
             loss = _batch_loss(

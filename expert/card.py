@@ -7,7 +7,7 @@ writes the card and `engine.load_card` reads it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,7 @@ from expert.prompt import DEFAULT_TEMPLATE, validate_template
 
 CARD_FILENAME = "expert.json"
 CARD_FORMAT_VERSION = 1
+CLASSIFIER_TEMPLATE = "{ticket}"
 
 
 class AdapterInfo(BaseModel):
@@ -76,10 +77,15 @@ class ExpertCard(BaseModel):
 
     Attributes:
         format_version: card format version.
+        kind: "generative" (a causal LM that emits one label token) or "classifier" (a
+            sequence-classification encoder whose head has one output per label, in `labels`
+            order, served by vLLM's pooling runner). Cards without it are generative.
         model_id: a stable name for the expert (logged and exported as a metric label).
-        labels: the answers, in a stable order.
-        label_tokens: label -> the single token string the model emits for it.
-        prompt_template: instruction template with one `{ticket}` slot.
+        labels: the answers, in a stable order (a classifier's head index order).
+        label_tokens: label -> the single token string the model emits for it; empty for a
+            classifier.
+        prompt_template: instruction template with one `{ticket}` slot; a classifier reads
+            the ticket text alone (`{ticket}`).
         max_prompt_tokens: prompts are cut to this many tokens.
         base_model: the base model directory or name; None for a from-scratch model.
         adapter: LoRA details when the directory holds an adapter, else None.
@@ -90,9 +96,10 @@ class ExpertCard(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format_version: int = CARD_FORMAT_VERSION
+    kind: Literal["generative", "classifier"] = "generative"
     model_id: str = Field(min_length=1, max_length=128)
     labels: tuple[str, ...] = Field(min_length=2)
-    label_tokens: dict[str, str]
+    label_tokens: dict[str, str] = Field(default_factory=dict)
     prompt_template: str = DEFAULT_TEMPLATE
     max_prompt_tokens: int = Field(ge=8)
     base_model: str | None = None
@@ -104,6 +111,8 @@ class ExpertCard(BaseModel):
     def _labels_have_distinct_tokens(self) -> Self:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        if self.kind == "classifier":
+            return self._check_classifier()
         missing = [label for label in self.labels if label not in self.label_tokens]
         extra = sorted(set(self.label_tokens) - set(self.labels))
         if missing or extra:
@@ -117,6 +126,20 @@ class ExpertCard(BaseModel):
         if self.adapter is not None and self.base_model is None:
             raise ValueError("an adapter card must name its base_model")
         return self
+
+    def _check_classifier(self) -> Self:
+        if self.label_tokens:
+            raise ValueError("a classifier card has no label_tokens (its head scores labels)")
+        if self.prompt_template != CLASSIFIER_TEMPLATE:
+            raise ValueError(f"a classifier reads the ticket alone: template {CLASSIFIER_TEMPLATE}")
+        if self.adapter is not None:
+            raise ValueError("classifier cards describe full models, not LoRA adapters")
+        return self
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the model is a sequence classifier served by vLLM's pooling runner."""
+        return self.kind == "classifier"
 
     @property
     def label_token_list(self) -> list[str]:

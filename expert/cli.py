@@ -28,6 +28,15 @@ LabelColOpt = Annotated[
 ]
 
 
+def _mode_problem(*, encoder: bool, lora: bool, base_model: Path | None) -> str | None:
+    """Why the build-mode flags do not go together, or None when they do."""
+    if encoder and lora:
+        return "--encoder and --lora exclude each other"
+    if not encoder and lora != (base_model is not None):
+        return "--lora and --base-model go together"
+    return None
+
+
 @app.command("build")
 def build(
     data: DataOpt,
@@ -42,22 +51,49 @@ def build(
         ),
     ] = None,
     base_model: Annotated[
-        Path | None, typer.Option("--base-model", help="Base model folder (with --lora).")
+        Path | None,
+        typer.Option(
+            "--base-model",
+            help="Base model folder: the LLM under --lora, or the encoder --encoder fine-tunes "
+            "(default there: the packaged all-MiniLM-L6-v2).",
+        ),
     ] = None,
     lora: Annotated[
         bool, typer.Option("--lora", help="Train a LoRA adapter on --base-model.")
     ] = False,
+    encoder: Annotated[
+        bool,
+        typer.Option(
+            "--encoder",
+            help="Fine-tune a pretrained encoder (BERT) as a sequence classifier, served by "
+            "vLLM's pooling runner.",
+        ),
+    ] = False,
+    class_weighting: Annotated[
+        str,
+        typer.Option(
+            "--class-weighting",
+            help="With --encoder: loss weight per class: none, sqrt_inverse or inverse.",
+        ),
+    ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = 16,
     model_id: Annotated[str | None, typer.Option("--model-id")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 2.0,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", min=0.01, help="Default: 2 (3 with --encoder).")
+    ] = None,
     hidden_size: Annotated[int, typer.Option("--hidden-size")] = 256,
     layers: Annotated[int, typer.Option("--layers")] = 4,
     heads: Annotated[int, typer.Option("--heads")] = 4,
     intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 512,
     vocab_size: Annotated[int, typer.Option("--vocab-size")] = 1024,
-    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens")] = 96,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option("--max-prompt-tokens", help="Default: 96 (128 with --encoder)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 3e-3,
+    learning_rate: Annotated[
+        float | None, typer.Option("--lr", help="Default: 3e-3 (5e-5 with --encoder).")
+    ] = None,
     lm_loss_weight: Annotated[float, typer.Option("--lm-loss-weight")] = 0.0,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")
@@ -66,7 +102,9 @@ def build(
     split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
 ) -> None:
-    """Train an expert (from scratch, or a LoRA adapter with --base-model --lora)."""
+    """Train an expert: from scratch, a LoRA adapter (--lora --base-model DIR), or a
+    fine-tuned encoder classifier (--encoder [--base-model DIR])."""
+    from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -78,11 +116,13 @@ def build(
 
     from expert.build import BuildConfig, BuildError, build_expert, build_lora
     from expert.dataset import DatasetError
+    from expert.encoder import EncoderConfig, build_classifier
     from schemas.taxonomy import Taxonomy, TaxonomyError
 
     console = Console()
-    if lora != (base_model is not None):
-        console.print("[red]--lora and --base-model go together[/]")
+    problem = _mode_problem(encoder=encoder, lora=lora, base_model=base_model)
+    if problem is not None:
+        console.print(f"[red]{problem}[/]")
         raise typer.Exit(2)
     try:
         labels = None
@@ -91,24 +131,43 @@ def build(
     except TaxonomyError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    config = BuildConfig(
-        model_id=model_id,
-        epochs=epochs,
-        hidden_size=hidden_size,
-        num_layers=layers,
-        num_heads=heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab_size,
-        max_prompt_tokens=max_prompt_tokens,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        lm_loss_weight=lm_loss_weight,
-        seed=seed,
-        split_seed=split_seed,
-        test_fraction=test_fraction,
-        lora_rank=lora_rank,
-        num_threads=threads,
-    )
+    shared = {
+        "model_id": model_id,
+        "batch_size": batch_size,
+        "seed": seed,
+        "split_seed": split_seed,
+        "test_fraction": test_fraction,
+        "num_threads": threads,
+    }
+    # Unset flags keep each builder's own defaults.
+    given = {
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "max_prompt_tokens": max_prompt_tokens,
+            "learning_rate": learning_rate,
+        }.items()
+        if v is not None
+    }
+    try:
+        config: BuildConfig | EncoderConfig
+        if encoder:
+            config = EncoderConfig(**shared, **given, class_weighting=class_weighting)
+        else:
+            config = BuildConfig(
+                **shared,
+                **given,
+                hidden_size=hidden_size,
+                num_layers=layers,
+                num_heads=heads,
+                intermediate_size=intermediate_size,
+                vocab_size=vocab_size,
+                lm_loss_weight=lm_loss_weight,
+                lora_rank=lora_rank,
+            )
+    except ValidationError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
     columns = (
         TextColumn("[bold]training"),
         BarColumn(),
@@ -130,7 +189,9 @@ def build(
             "on_progress": on_progress,
         }
         try:
-            if base_model is not None:
+            if encoder:
+                card = build_classifier(data, out, base_dir=base_model, **common)  # type: ignore[arg-type]
+            elif base_model is not None:
                 card = build_lora(data, out, base_dir=base_model, **common)  # type: ignore[arg-type]
             else:
                 card = build_expert(data, out, **common)  # type: ignore[arg-type]

@@ -5,7 +5,9 @@ both sides build byte-identical prompts. It does no I/O and imports no model lib
 tokenizer is passed in (anything with Hugging Face's `encode`/`decode` signature).
 
 Oversize rule: a ticket that would make the prompt longer than `max_prompt_tokens` is cut at
-a token boundary (its beginning is kept), never rejected.
+a token boundary (its beginning is kept), never rejected. That holds for both kinds of expert:
+a generative one reads the instruction template, a classifier (encoder) reads the ticket text
+alone, framed by its tokenizer's own special tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from typing import Protocol
 
 DEFAULT_TEMPLATE = "### Instruction:\nTicket: '{ticket}'\n\n### Response:\n"
 TICKET_SLOT = "{ticket}"
+
+
+class EncoderTokenizer(Protocol):
+    """The tokenizer call a classifier prompt needs (Hugging Face tokenizers have it)."""
+
+    def encode(
+        self,
+        text: str,
+        add_special_tokens: bool = True,
+        *,
+        truncation: bool = False,
+        max_length: int | None = None,
+    ) -> list[int]:
+        """Token ids of `text`, cut to `max_length` (special tokens kept) when truncating."""
+        ...
 
 
 class PromptTokenizer(Protocol):
@@ -99,3 +116,24 @@ def prompt_token_ids(
         if len(ids) <= max_prompt_tokens or not body:
             return ids[:max_prompt_tokens]
         body = body[: -max(1, len(ids) - max_prompt_tokens)]
+
+
+def classifier_token_ids(
+    ticket_text: str, *, tokenizer: EncoderTokenizer, max_prompt_tokens: int
+) -> list[int]:
+    """Token ids a classifier reads for `ticket_text`: the text alone, never longer than
+    `max_prompt_tokens`.
+
+    The tokenizer cuts the text and keeps its framing tokens (BERT's [CLS] ... [SEP]), the
+    way the model was fine-tuned. A classifier emits no tokens, so a ticket cannot type an
+    answer and nothing is neutralised.
+
+    Args:
+        ticket_text: the ticket as `Ticket.text()` gives it.
+        tokenizer: the classifier's tokenizer.
+        max_prompt_tokens: hard upper bound on the returned length.
+    """
+    ids = tokenizer.encode(
+        ticket_text, add_special_tokens=True, truncation=True, max_length=max_prompt_tokens
+    )
+    return list(ids[:max_prompt_tokens])
