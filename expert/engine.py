@@ -1,7 +1,10 @@
 """Serving the expert: the only module that imports `vllm`.
 
 Owns loading a model directory (card, weights, optional LoRA adapter) into real vLLM, the
-label-constrained request, and the label-probability confidence. Two front ends share that:
+label-constrained request, and the label-probability confidence. Two kinds of expert are
+served: a generative one (one constrained label token; confidence from the label tokens'
+logprobs) and a classifier (an encoder served by vLLM's pooling runner, `classify` task;
+confidence is the class probability vLLM returns). Two front ends share that:
 `StreamingExpert` (AsyncLLM, continuous batching, for the worker) and `BatchExpert`
 (in-process offline `vllm.LLM`, for evaluation and benchmarks).
 
@@ -13,6 +16,7 @@ defaults are process-wide: the first engine started in a process fixes them.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
@@ -26,7 +30,7 @@ import structlog
 from pydantic import ValidationError
 
 from expert.card import CARD_FILENAME, ExpertCard
-from expert.prompt import prompt_token_ids
+from expert.prompt import classifier_token_ids, prompt_token_ids
 
 log = structlog.get_logger(__name__)
 
@@ -168,13 +172,49 @@ def label_probabilities(
     return {label: w / total for label, w in zip(card.labels, weights, strict=True)}
 
 
+def class_probabilities(card: ExpertCard, probs: Sequence[float]) -> dict[str, float]:
+    """A classifier's per-class probabilities (head index order = card label order).
+
+    Renormalised to sum to exactly 1 (vLLM computes the softmax in the model's dtype).
+
+    Raises:
+        EngineFailure: the vector does not have one finite, non-negative entry per label.
+    """
+    values = [float(p) for p in probs]
+    if len(values) != len(card.labels):
+        raise EngineFailure(
+            f"the engine returned {len(values)} class probabilities for {len(card.labels)} labels"
+        )
+    total = sum(values)
+    if not all(math.isfinite(v) and v >= 0 for v in values) or total <= 0:
+        raise EngineFailure("the engine returned no usable class probabilities")
+    return {label: v / total for label, v in zip(card.labels, values, strict=True)}
+
+
+def _output_probabilities(
+    card: ExpertCard, output: Any, label_token_ids: Sequence[int]
+) -> dict[str, float]:
+    if getattr(output, "error", None) is not None:
+        raise EngineFailure(f"the engine failed the request: {output.error}")
+    completions = getattr(output, "outputs", None)
+    if card.is_classifier:
+        # LLM.classify gives ClassificationOutput(probs); AsyncLLM.encode gives
+        # PoolingOutput(data), the same vector as a tensor.
+        probs = getattr(completions, "probs", None)
+        if probs is None and getattr(completions, "data", None) is not None:
+            probs = completions.data.tolist()
+        if not probs:
+            raise EngineFailure("the engine returned no answer for the request")
+        return class_probabilities(card, probs)
+    if not completions or not completions[0].logprobs:
+        raise EngineFailure("the engine returned no answer for the request")
+    return label_probabilities(card, completions[0].logprobs[0], label_token_ids)
+
+
 def _prediction(
     card: ExpertCard, output: Any, label_token_ids: Sequence[int], latency_s: float
 ) -> Prediction:
-    completions = getattr(output, "outputs", None)
-    if not completions or not completions[0].logprobs:
-        raise EngineFailure("the engine returned no answer for the request")
-    probabilities = label_probabilities(card, completions[0].logprobs[0], label_token_ids)
+    probabilities = _output_probabilities(card, output, label_token_ids)
     label = max(probabilities, key=probabilities.__getitem__)
     return Prediction(
         label=label,
@@ -196,6 +236,32 @@ def _set_env_defaults(config: EngineConfig, *, in_process: bool) -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     if in_process:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def _check_classifier_head(model_dir: Path, card: ExpertCard) -> None:
+    """The model's head must score exactly the card's labels, in the card's order.
+
+    Raises:
+        ExpertLoadError: config.json is unreadable, not a sequence classifier, or its
+            id2label differs from the card.
+    """
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExpertLoadError(f"{config_path}: cannot read the model config: {exc}") from exc
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise ExpertLoadError(
+            f"{model_dir}: the card says classifier but the model is {architectures}"
+        )
+    id2label = config.get("id2label") or {}
+    head = [id2label.get(str(i)) for i in range(len(id2label))]
+    if head != list(card.labels):
+        raise ExpertLoadError(
+            f"{model_dir}: the classifier head's labels (config id2label) differ from the "
+            f"card's: head {head}, card {list(card.labels)}"
+        )
 
 
 class _Loaded:
@@ -223,9 +289,13 @@ class _Loaded:
                     f"{model_dir}: holds a LoRA adapter; serve it as adapter_dir on top of "
                     f"its base model {card.base_model}"
                 )
+            if card.is_classifier:
+                _check_classifier_head(Path(model_dir), card)
             return card
         if (Path(model_dir) / CARD_FILENAME).is_file():
             self.base_card = load_card(model_dir)
+            if self.base_card.is_classifier:
+                raise ExpertLoadError(f"{model_dir}: a classifier takes no LoRA adapter")
         card = load_card(self.config.adapter_dir)
         if card.adapter is None:
             raise ExpertLoadError(f"{self.config.adapter_dir}: card describes no LoRA adapter")
@@ -235,11 +305,25 @@ class _Loaded:
 
     def engine_kwargs(self) -> dict[str, Any]:
         card = self.card
-        if card.max_prompt_tokens + 1 > self.config.max_model_len:
+        # A generative expert answers with one more token; a classifier answers none.
+        answer_tokens = 0 if card.is_classifier else 1
+        if card.max_prompt_tokens + answer_tokens > self.config.max_model_len:
             raise ExpertLoadError(
                 f"card max_prompt_tokens={card.max_prompt_tokens} does not fit "
                 f"max_model_len={self.config.max_model_len}"
             )
+        if card.is_classifier:
+            return {
+                "model": str(self.config.model_dir),
+                "tokenizer": str(self.config.model_dir),
+                "runner": "pooling",
+                "dtype": self.config.dtype,
+                "max_model_len": self.config.max_model_len,
+                "max_num_seqs": self.config.max_num_seqs,
+                "kv_cache_memory_bytes": int(self.config.kv_cache_gib * 2**30),
+                "enforce_eager": True,
+                "seed": 0,
+            }
         kwargs: dict[str, Any] = {
             "model": str(self.config.model_dir),
             "tokenizer": str(self.config.model_dir),
@@ -259,11 +343,16 @@ class _Loaded:
         return kwargs
 
     def bind(self, tokenizer: Any) -> None:
-        """Resolve label token ids and build the per-request sampling parameters."""
-        from vllm import SamplingParams
+        """Resolve label token ids and build the per-request sampling (or pooling) parameters."""
+        from vllm import PoolingParams, SamplingParams
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import StructuredOutputsParams
 
+        self.tokenizer = tokenizer
+        if self.card.is_classifier:
+            # The classifier head's softmax (config problem_type single_label_classification).
+            self.params = PoolingParams(task="classify", use_activation=True)
+            return
         ids: list[int] = []
         for label, token in zip(self.card.labels, self.card.label_token_list, strict=True):
             encoded = tokenizer.encode(token, add_special_tokens=False)
@@ -274,7 +363,6 @@ class _Loaded:
                 )
             ids.append(int(encoded[0]))
         self.label_token_ids = ids
-        self.tokenizer = tokenizer
         self.params = SamplingParams(
             temperature=0.0,
             max_tokens=1,
@@ -289,7 +377,16 @@ class _Loaded:
             )
 
     def prompt(self, text: str) -> dict[str, list[int]]:
-        """The tokens prompt for one ticket text, cut to the card's limit."""
+        """The tokens prompt for one ticket text, cut to the card's limit.
+
+        Both kinds are cut here, never by vLLM, so serving reads exactly the tokens training
+        read and vLLM never sees (or rejects) a prompt over the limit.
+        """
+        if self.card.is_classifier:
+            ids = classifier_token_ids(
+                text, tokenizer=self.tokenizer, max_prompt_tokens=self.card.max_prompt_tokens
+            )
+            return {"prompt_token_ids": ids}
         ids = prompt_token_ids(
             text,
             tokenizer=self.tokenizer,
@@ -399,9 +496,13 @@ class StreamingExpert:
         final = None
         self._in_flight += 1
         try:
-            async for output in engine.generate(
-                prompt, loaded.params, request_id=request_id, lora_request=loaded.lora_request
-            ):
+            if loaded.card.is_classifier:
+                stream = engine.encode(prompt, loaded.params, request_id=request_id)
+            else:
+                stream = engine.generate(
+                    prompt, loaded.params, request_id=request_id, lora_request=loaded.lora_request
+                )
+            async for output in stream:
                 final = output
         except asyncio.CancelledError:
             try:
@@ -505,9 +606,12 @@ class BatchExpert:
         loaded = self._loaded
         prompts = [loaded.prompt(text) for text in texts]
         started = time.perf_counter()
-        outputs = self._llm.generate(
-            prompts, loaded.params, use_tqdm=False, lora_request=loaded.lora_request
-        )
+        if loaded.card.is_classifier:
+            outputs = self._llm.classify(prompts, pooling_params=loaded.params, use_tqdm=False)
+        else:
+            outputs = self._llm.generate(
+                prompts, loaded.params, use_tqdm=False, lora_request=loaded.lora_request
+            )
         latency_s = time.perf_counter() - started
         if len(outputs) != len(texts):
             raise EngineFailure(f"{len(texts)} prompts submitted, {len(outputs)} answered")

@@ -316,7 +316,9 @@ def evaluate(
         update={
             "tickets_per_s": len(predictions) / elapsed if elapsed > 0 else None,
             "build_time_s": training.build_time_s if training else None,
-            "notes": "confidence: softmax of the label tokens' logprobs (vLLM)",
+            "notes": "confidence: the class probability of vLLM's classify (pooling) runner"
+            if card.is_classifier
+            else "confidence: softmax of the label tokens' logprobs (vLLM)",
         }
     )
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Expert fixtures: a tiny expert built in seconds, and real vLLM engines serving it.
 
 Loaded by tests/conftest.py as a pytest plugin. Session-scoped: the tiny expert is built once
-per run (about ten seconds on two cores), and each engine starts once.
+per run (about ten seconds on two cores), and each engine starts once. The same holds for the
+tiny classifier expert (a random BERT fine-tuned in seconds) and its pooling-runner engines.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from expert.build import BuildConfig, build_expert, build_lora
+from expert.encoder import EncoderConfig, build_classifier, packaged_encoder_dir
 from expert.engine import BatchExpert, EngineConfig, StreamingExpert
 from loadgen.corpus import generate, write_jsonl
 from schemas.taxonomy import Taxonomy
@@ -39,6 +41,16 @@ TINY_LORA_CONFIG = TINY_CONFIG.model_copy(
     update={"model_id": "tiny-lora", "epochs": 1, "learning_rate": 1e-2, "lora_rank": 16}
 )
 TINY_TICKETS = 1200
+# A random BERT learns the synthetic queues in about five seconds at this learning rate
+# (about 0.9 held-out accuracy); a pretrained one would use ~5e-5.
+TINY_CLASSIFIER_CONFIG = EncoderConfig(
+    model_id="tiny-classifier",
+    max_prompt_tokens=64,
+    epochs=5,
+    batch_size=32,
+    learning_rate=5e-3,
+    num_threads=1,
+)
 
 
 def tiny_engine_config(model_dir: Path, adapter_dir: Path | None = None) -> EngineConfig:
@@ -112,6 +124,65 @@ def batch_expert(tiny_expert_dir: Path) -> Iterator[BatchExpert]:
 async def streaming_expert(tiny_expert_dir: Path) -> AsyncIterator[StreamingExpert]:
     """The tiny expert in vLLM's AsyncLLM (engine core in a child process)."""
     expert = StreamingExpert(tiny_engine_config(tiny_expert_dir))
+    await expert.start()
+    yield expert
+    await expert.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertModel folder (hidden 32, 2 layers) with the packaged MiniLM tokenizer.
+
+    One 32-wide attention head: vLLM's CPU attention kernels take head sizes from 32 up.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("encoders") / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_dir(), local_files_only=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path, tiny_encoder_base: Path
+) -> Path:
+    """The tiny BERT fine-tuned as a classifier expert over the taxonomy's queues."""
+    out = tmp_path_factory.mktemp("experts") / "tiny-classifier"
+    build_classifier(
+        tiny_corpus_path,
+        out,
+        base_dir=tiny_encoder_base,
+        config=TINY_CLASSIFIER_CONFIG,
+        taxonomy_labels=Taxonomy.load().labels,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def batch_classifier(tiny_classifier_dir: Path) -> Iterator[BatchExpert]:
+    """The tiny classifier in the in-process offline vLLM engine (pooling runner)."""
+    expert = BatchExpert(tiny_engine_config(tiny_classifier_dir))
+    expert.start()
+    yield expert
+    expert.close()
+
+
+@pytest.fixture(scope="session")
+async def streaming_classifier(tiny_classifier_dir: Path) -> AsyncIterator[StreamingExpert]:
+    """The tiny classifier in vLLM's AsyncLLM (pooling runner, engine core in a child)."""
+    expert = StreamingExpert(tiny_engine_config(tiny_classifier_dir))
     await expert.start()
     yield expert
     await expert.shutdown()
