@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import structlog
 from rich.console import Console
 from rich.table import Table
@@ -41,6 +43,56 @@ class BenchResult:
     worker_tickets_per_s: float
     ratio: float
     latency_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Phase ("bare engine", "worker") -> process group -> CPU milliseconds per ticket.
+    cpu_ms_per_ticket: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class CpuMeter:
+    """CPU seconds used by this process and its children (the vLLM engine processes, the
+    embedded broker) between `start()` and `stop()`, grouped by what each process is.
+
+    On a machine whose cores are all busy, the throughput ratio is a CPU budget: this says
+    where each ticket's CPU went.
+    """
+
+    def __init__(self) -> None:
+        self._start: dict[int, tuple[str, float]] = {}
+        self.used_s: dict[str, float] = {}
+
+    @staticmethod
+    def _group(proc: psutil.Process) -> str:
+        name = proc.name().lower()
+        if "tansu" in name:
+            return "broker"
+        if "engine" in name or "worker" in name:  # VLLM::EngineCore, VLLM::Worker
+            return "engine processes"
+        return "router process" if proc.pid == os.getpid() else "other children"
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        me = psutil.Process()
+        out = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = (self._group(proc), t.user + t.system)
+            except psutil.Error:  # a process that ended meanwhile is not counted
+                continue
+        return out
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        used: dict[str, float] = {}
+        for pid, (group, end) in self._sample().items():
+            begin = self._start.get(pid, (group, 0.0))[1]
+            used[group] = used.get(group, 0.0) + max(0.0, end - begin)
+        self.used_s = used
+
+    def per_ticket_ms(self, tickets: int) -> dict[str, float]:
+        out = {g: 1000 * s / max(1, tickets) for g, s in sorted(self.used_s.items())}
+        out["total"] = sum(out.values())
+        return out
 
 
 class _NoRebalance:
@@ -71,7 +123,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50": q[49], "p95": q[94], "p99": q[98], "max": max(values)}
 
 
-async def _bare_engine(settings: Settings, texts: list[str]) -> float:
+async def _bare_engine(settings: Settings, texts: list[str], meter: CpuMeter) -> float:
     from expert.engine import StreamingExpert
 
     engine = StreamingExpert(settings.engine)
@@ -84,9 +136,12 @@ async def _bare_engine(settings: Settings, texts: list[str]) -> float:
                 await engine.classify(text, request_id=uuid.uuid4().hex)
 
         await asyncio.gather(*(one(t) for t in texts[:64]))  # warm-up, not timed
+        meter.start()
         start = time.perf_counter()
         await asyncio.gather(*(one(t) for t in texts))
-        return len(texts) / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        meter.stop()
+        return len(texts) / elapsed
     finally:
         await engine.shutdown()
 
@@ -112,6 +167,7 @@ async def _worker_runs(
     payloads: list[bytes],
     rates: list[float],
     seconds_per_rate: float,
+    meter: CpuMeter,
 ) -> tuple[float, dict[str, dict[str, float]]]:
     from worker.runner import started_worker
 
@@ -149,6 +205,7 @@ async def _worker_runs(
             ids = [json.loads(p)["id"] for p in payloads]
             arrivals = {i: time.time() for i in ids}
             done_before = worker.pipeline.processed
+            meter.start()
             start = time.perf_counter()
             await asyncio.gather(
                 *(
@@ -161,6 +218,7 @@ async def _worker_runs(
                     run.result()
                 await asyncio.sleep(0.002)
             throughput = len(payloads) / (time.perf_counter() - start)
+            meter.stop()
             await _read_outputs(reader, arrivals, len(payloads), timeout_s=30)  # drain the reader
             # Latency at fixed open-loop arrival rates.
             table: dict[str, dict[str, float]] = {}
@@ -203,9 +261,12 @@ async def _bench(
 ) -> BenchResult:
     payloads = _payloads(n, seed=7)
     texts = [Ticket.model_validate_json(p).text() for p in payloads]
-    engine_tps = await _bare_engine(settings, texts)
+    engine_cpu, worker_cpu = CpuMeter(), CpuMeter()
+    engine_tps = await _bare_engine(settings, texts, engine_cpu)
     console.print(f"bare engine: {engine_tps:.0f} tickets/s on {n} tickets")
-    worker_tps, table = await _worker_runs(settings, tax, payloads, rates, seconds_per_rate)
+    worker_tps, table = await _worker_runs(
+        settings, tax, payloads, rates, seconds_per_rate, worker_cpu
+    )
     console.print(f"worker (Kafka in -> Kafka out): {worker_tps:.0f} tickets/s")
     return BenchResult(
         tickets=n,
@@ -213,6 +274,10 @@ async def _bench(
         worker_tickets_per_s=worker_tps,
         ratio=worker_tps / engine_tps,
         latency_s=table,
+        cpu_ms_per_ticket={
+            "bare engine": engine_cpu.per_ticket_ms(n),
+            "worker": worker_cpu.per_ticket_ms(n),
+        },
     )
 
 
@@ -277,6 +342,18 @@ def _print(result: BenchResult) -> None:
     t.add_row("worker end to end, tickets/s", f"{result.worker_tickets_per_s:.1f}")
     t.add_row("ratio worker / engine", f"{result.ratio:.2f}")
     console.print(t)
+    ct = Table(title="CPU milliseconds per ticket, by process (throughput runs)")
+    ct.add_column("process")
+    phases = list(result.cpu_ms_per_ticket)
+    for phase in phases:
+        ct.add_column(phase, justify="right")
+    groups = sorted({g for v in result.cpu_ms_per_ticket.values() for g in v} - {"total"})
+    for g in [*groups, "total"]:
+        ct.add_row(g, *(f"{result.cpu_ms_per_ticket[p].get(g, 0.0):.2f}" for p in phases))
+    ct.caption = (
+        f"{os.cpu_count()} cores; the router process also runs the bench's producer and reader"
+    )
+    console.print(ct)
     lt = Table(title="end-to-end latency at fixed arrival rates (seconds)")
     for col in ("rate", "achieved/s", "n", "p50", "p95", "p99", "max"):
         lt.add_column(col, justify="right")
