@@ -147,9 +147,18 @@ async def _bare_engine(settings: Settings, texts: list[str], meter: CpuMeter) ->
 
 
 async def _read_outputs(
-    reader: Source, arrivals: dict[str, float], want: int, timeout_s: float
+    reader: Source,
+    arrivals: dict[str, float],
+    want: int,
+    timeout_s: float,
+    stages: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
-    """Ticket id -> seconds from its produce time to a downstream consumer receiving it."""
+    """Ticket id -> seconds from its produce time to a downstream consumer receiving it.
+
+    With `stages`, also collects where that time went, from the routed ticket's own
+    timestamps: waiting in Kafka to be read, in the worker before and during inference,
+    and from publishing to being read downstream.
+    """
     latencies: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     while len(latencies) < want and time.monotonic() < deadline:
@@ -158,7 +167,26 @@ async def _read_outputs(
             key = (rec.key or b"").decode()
             if key in arrivals and key not in latencies:
                 latencies[key] = now - arrivals[key]
+                if stages is not None:
+                    _add_stages(stages, rec.value or b"", arrivals[key], now)
     return latencies
+
+
+STAGES = ("to worker", "inference", "to reader")
+
+
+def _add_stages(stages: dict[str, list[float]], value: bytes, sent: float, read: float) -> None:
+    try:
+        doc = json.loads(value)
+        received = datetime.fromisoformat(doc["received_at"]).timestamp()
+        decided = datetime.fromisoformat(doc["decided_at"]).timestamp()
+        published = datetime.fromisoformat(doc["published_at"]).timestamp()
+    except (ValueError, KeyError, TypeError):  # not a routed ticket (a dead letter)
+        return
+    for name, seconds in zip(
+        STAGES, (received - sent, decided - received, read - published), strict=True
+    ):
+        stages.setdefault(name, []).append(seconds)
 
 
 async def _worker_runs(
@@ -226,8 +254,11 @@ async def _worker_runs(
                 n = max(1, int(rate * seconds_per_rate))
                 batch = _payloads(n, seed=int(rate))
                 arrivals = {}
+                stages: dict[str, list[float]] = {}
                 reading = asyncio.create_task(
-                    _read_outputs(reader, arrivals, n, timeout_s=seconds_per_rate + 60)
+                    _read_outputs(
+                        reader, arrivals, n, timeout_s=seconds_per_rate + 60, stages=stages
+                    )
                 )
                 t0 = time.perf_counter()
                 sends = []
@@ -248,6 +279,11 @@ async def _worker_runs(
                 latencies = await reading
                 table[f"{rate:g}/s"] = _percentiles(list(latencies.values()))
                 table[f"{rate:g}/s"]["achieved_rate"] = n / max(1e-9, time.perf_counter() - t0)
+                for name in STAGES:
+                    values = stages.get(name, [])
+                    table[f"{rate:g}/s"][f"p50 {name}"] = (
+                        statistics.median(values) if values else float("nan")
+                    )
         finally:
             await reader.close()
             await publisher.close()
@@ -355,15 +391,20 @@ def _print(result: BenchResult) -> None:
     )
     console.print(ct)
     lt = Table(title="end-to-end latency at fixed arrival rates (seconds)")
-    for col in ("rate", "achieved/s", "n", "p50", "p95", "p99", "max"):
+    stage_cols = [f"p50 {name}" for name in STAGES]
+    for col in ("rate", "achieved/s", "n", "p50", "p95", "p99", "max", *stage_cols):
         lt.add_column(col, justify="right")
     for rate, f in result.latency_s.items():
         lt.add_row(
             rate,
             f"{f.get('achieved_rate', 0):.1f}",
             str(int(f.get("n", 0))),
-            *(f"{f[k]:.3f}" if k in f else "-" for k in ("p50", "p95", "p99", "max")),
+            *(f"{f[k]:.3f}" if k in f else "-" for k in ("p50", "p95", "p99", "max", *stage_cols)),
         )
+    lt.caption = (
+        "p50 of each stage: produced -> read by the worker; read -> engine answer; "
+        "published -> read downstream"
+    )
     console.print(lt)
 
 
