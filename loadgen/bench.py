@@ -220,7 +220,7 @@ async def _worker_runs(
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": "false",
                 "session.timeout.ms": "6000",
-                "fetch.wait.max.ms": "5",
+                "fetch.wait.max.ms": "50",
             },
             topics=outputs,
             listener=_NoRebalance(),
