@@ -45,6 +45,7 @@ class BenchResult:
     latency_s: dict[str, dict[str, float]] = field(default_factory=dict)
     # Phase ("bare engine", "worker") -> process group -> CPU milliseconds per ticket.
     cpu_ms_per_ticket: dict[str, dict[str, float]] = field(default_factory=dict)
+    exactly_once: bool = False
 
 
 class CpuMeter:
@@ -310,6 +311,7 @@ async def _bench(
         worker_tickets_per_s=worker_tps,
         ratio=worker_tps / engine_tps,
         latency_s=table,
+        exactly_once=settings.kafka.exactly_once,
         cpu_ms_per_ticket={
             "bare engine": engine_cpu.per_ticket_ms(n),
             "worker": worker_cpu.per_ticket_ms(n),
@@ -325,6 +327,7 @@ def run_bench(
     seconds_per_rate: float,
     out_file: Path | None,
     bootstrap: str | None = None,
+    exactly_once: bool = False,
 ) -> int:
     """Run the benchmark and print its figures; returns the process exit code."""
     from worker.logs import configure_logging
@@ -352,7 +355,12 @@ def run_bench(
     try:
         create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=6))
         settings = Settings(
-            kafka={"bootstrap_servers": bootstrap, "group_id": f"bench-{unique}"},
+            kafka={
+                "bootstrap_servers": bootstrap,
+                "group_id": f"bench-{unique}",
+                "exactly_once": exactly_once,
+                "transactional_id": f"bench-{unique}",
+            },
             engine={"model_dir": model_dir},
             taxonomy_path=tax_path,
             metrics={"enabled": False},
@@ -371,7 +379,8 @@ def run_bench(
 
 
 def _print(result: BenchResult) -> None:
-    t = Table(title=f"worker vs bare engine, {result.tickets} tickets")
+    mode = "exactly-once" if result.exactly_once else "at-least-once"
+    t = Table(title=f"worker ({mode}) vs bare engine, {result.tickets} tickets")
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_row("bare engine, tickets/s", f"{result.engine_tickets_per_s:.1f}")
@@ -415,6 +424,7 @@ def bench_worker(
     seconds_per_rate: float = 20.0,
     bootstrap: str | None = None,
     out: Path | None = None,
+    exactly_once: bool = False,
 ) -> None:
     """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates."""
     import typer
@@ -427,6 +437,7 @@ def bench_worker(
             rates=rate_list,
             seconds_per_rate=seconds_per_rate,
             out_file=out,
+            exactly_once=exactly_once,
             bootstrap=bootstrap,
         )
     )
