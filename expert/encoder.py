@@ -53,8 +53,8 @@ class EncoderConfig(BaseModel):
 
     Attributes:
         class_weighting: cross-entropy weight per class: "none", "sqrt_inverse"
-            (1/sqrt(frequency)) or "inverse" (1/frequency), normalised to a mean of 1 per
-            training example so the learning rate keeps its meaning.
+            (1/sqrt(frequency)) or "inverse" (1/frequency). The weighted loss is a weighted
+            mean over each batch, so its scale (and the learning rate's meaning) is kept.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
