@@ -198,7 +198,7 @@ def _collect_md(c: Json) -> list[str]:
     return lines
 
 
-def _mttr_md(m: Json) -> list[str]:
+def _mttr_md(m: Json, *, speedup: float | None = None) -> list[str]:
     rows = [
         [
             r["name"],
@@ -222,6 +222,15 @@ def _mttr_md(m: Json) -> list[str]:
         ),
         "",
     ]
+    if speedup and speedup > 1:
+        lines += [
+            f"The measured routing time is the replay's end-to-end latency, and the replay ran"
+            f" {_fmt(speedup, '.3g')}x faster than real time: whenever that offered more tickets"
+            " per second than the worker's capacity, tickets waited in Kafka and the wait is"
+            " counted here, as it is in the simulation. Latency at real-time rates:"
+            " `ticket-router bench worker` and `ticket-router loadgen capacity`.",
+            "",
+        ]
     saved = m.get("saved_vs_baseline") or {}
     if saved:
         lines += [
@@ -301,7 +310,7 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
         lines += _replay_md(report["replay"])
     lines += _collect_md(report["collect"])
     if report.get("mttr"):
-        lines += _mttr_md(report["mttr"])
+        lines += _mttr_md(report["mttr"], speedup=(report.get("replay") or {}).get("speedup"))
     if report.get("capacity"):
         lines += _capacity_md(report["capacity"])
     if figures:

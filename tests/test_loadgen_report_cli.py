@@ -213,3 +213,13 @@ def test_replay_then_collect_commands_without_a_router_report_everything_lost(
     reported = runner.invoke(app, ["report", "--dir", run_dir])
     assert reported.exit_code == 0, reported.output
     assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_mttr_section_says_a_compressed_replay_counts_its_backlog_in_the_routing_time() -> None:
+    from loadgen.report import _mttr_md
+
+    mttr = {"tickets": 1, "days": 1.0, "assumptions": {}, "results": []}
+    caveat = "faster than real time"
+    assert any(caveat in line for line in _mttr_md(mttr, speedup=144.0))
+    assert not any(caveat in line for line in _mttr_md(mttr, speedup=None))
+    assert not any(caveat in line for line in _mttr_md(mttr, speedup=1.0))
