@@ -258,24 +258,59 @@ def _train_loop(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+
+    def batch_loss(batch: list[int]) -> Any:
+        return _batch_loss(
+            model,
+            [prompts[i] for i in batch],
+            [targets[i] for i in batch],
+            pad_id=pad_id,
+            lm_loss_weight=lm_loss_weight,
+            bf16_autocast=config.bf16_autocast,
+        )
+
+    return run_training(
+        model,
+        batch_loss,
+        lengths=lengths,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
+        optimiser=optimiser,
+        scheduler=scheduler,
+        rng=rng,
+        on_progress=on_progress,
+    )
+
+
+def run_training(
+    model: Any,
+    batch_loss: Callable[[list[int]], Any],
+    *,
+    lengths: Sequence[int],
+    batch_size: int,
+    total_steps: int,
+    optimiser: Any,
+    scheduler: Any,
+    rng: random.Random,
+    on_progress: ProgressCallback | None,
+) -> float:
+    """The optimisation loop both builders share: length-bucketed batches, `total_steps`
+    clipped AdamW steps, progress reports; returns the last epoch's mean loss."""
+    import torch
+
     model.train()
     step, epoch_losses = 0, [0.0]
     while step < total_steps:
         epoch_losses = []
-        for batch in length_batches(lengths, batch_size=config.batch_size, rng=rng):
+        for batch in length_batches(lengths, batch_size=batch_size, rng=rng):
             if step >= total_steps:
                 break
-            loss = _batch_loss(
-                model,
-                [prompts[i] for i in batch],
-                [targets[i] for i in batch],
-                pad_id=pad_id,
-                lm_loss_weight=lm_loss_weight,
-                bf16_autocast=config.bf16_autocast,
-            )
+            loss = batch_loss(batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in optimiser.param_groups for p in group["params"]], 1.0
+            )
             optimiser.step()
             scheduler.step()
             step += 1

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from expert.build import BuildError, ProgressCallback, choose_labels, length_batches
+from expert.build import BuildError, ProgressCallback, choose_labels, run_training
 from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard, TrainingInfo
 from expert.dataset import (
     DEFAULT_SPLIT_SEED,
@@ -170,38 +170,26 @@ def _fine_tune(
         ),
     )
     weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
-    model.train()
-    step, epoch_losses = 0, [0.0]
-    while step < total_steps:
-        epoch_losses = []
-        for batch in length_batches(lengths, batch_size=config.batch_size, rng=rng):
-            if step >= total_steps:
-                break
-            ids, mask = _pad([prompts[i] for i in batch], pad_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = F.cross_entropy(
-                logits.float(), torch.tensor([targets[i] for i in batch]), weight=weight
-            )
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            scheduler.step()
-            step += 1
-            epoch_losses.append(loss.item())
-            running = sum(epoch_losses) / len(epoch_losses)
-            if on_progress is not None:
-                on_progress(step, total_steps, running)
-            if step % max(1, total_steps // 20) == 0:
-                log.info(
-                    "training_progressed",
-                    step=step,
-                    total_steps=total_steps,
-                    loss=round(running, 4),
-                )
-    model.eval()
-    return sum(epoch_losses) / max(1, len(epoch_losses))
+
+    def batch_loss(batch: list[int]) -> Any:
+        ids, mask = _pad([prompts[i] for i in batch], pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        return F.cross_entropy(
+            logits.float(), torch.tensor([targets[i] for i in batch]), weight=weight
+        )
+
+    return run_training(
+        model,
+        batch_loss,
+        lengths=lengths,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
+        optimiser=optimiser,
+        scheduler=scheduler,
+        rng=rng,
+        on_progress=on_progress,
+    )
 
 
 def _load_base(base_dir: Path, labels: list[str], *, seed: int) -> tuple[Any, Any]:
