@@ -98,6 +98,14 @@ def build(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Training number format: auto (bfloat16 where the CPU runs it natively, else "
+            "float32), bfloat16 or float32.",
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
@@ -114,12 +122,17 @@ def build(
         TimeRemainingColumn,
     )
 
+    from expert import hardware
     from expert.build import BuildConfig, BuildError, build_expert, build_lora
     from expert.dataset import DatasetError
     from expert.encoder import EncoderConfig, build_classifier
     from schemas.taxonomy import Taxonomy, TaxonomyError
 
     console = Console()
+    if precision not in hardware.REQUESTED_VALUES:
+        console.print(f"[red]--precision must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
+        raise typer.Exit(2)
+    console.print(hardware.describe(hardware.summary(precision, measure=True)))
     problem = _mode_problem(encoder=encoder, lora=lora, base_model=base_model)
     if problem is not None:
         console.print(f"[red]{problem}[/]")
@@ -138,6 +151,7 @@ def build(
         "split_seed": split_seed,
         "test_fraction": test_fraction,
         "num_threads": threads,
+        "precision": precision,
     }
     # Unset flags keep each builder's own defaults.
     given = {
@@ -217,19 +231,28 @@ def evaluate_command(
     label_col: LabelColOpt = None,
     kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib")] = 1.0,
     max_num_seqs: Annotated[int, typer.Option("--max-num-seqs")] = 256,
+    dtype: Annotated[
+        str,
+        typer.Option("--dtype", help="Engine number format: auto, bfloat16 or float32."),
+    ] = "auto",
 ) -> None:
     """Score the expert vs TF-IDF + LinearSVC on the build's held-out split; write a report."""
     from rich.console import Console
     from rich.table import Table
 
+    from expert import hardware
     from expert.engine import ExpertLoadError, load_card
     from expert.evaluate import evaluate, resolve_engine_config, summary_rows
 
     console = Console()
+    if dtype not in hardware.REQUESTED_VALUES:
+        console.print(f"[red]--dtype must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
+        raise typer.Exit(2)
+    console.print(hardware.describe(hardware.summary(dtype, measure=True)))
     try:
         card = load_card(model)
         config = resolve_engine_config(
-            model, card, kv_cache_gib=kv_cache_gib, max_num_seqs=max_num_seqs
+            model, card, kv_cache_gib=kv_cache_gib, max_num_seqs=max_num_seqs, dtype=dtype
         )
         report = evaluate(
             model, data, out_dir=out, text_col=text_col, label_col=label_col, engine_config=config
@@ -246,6 +269,12 @@ def evaluate_command(
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
+    if report.engine:
+        cpu = report.engine.get("cpu")
+        console.print(
+            f"engine: dtype {report.engine.get('dtype')}, {report.engine.get('threads')} "
+            f"thread(s), cpu {cpu.get('kind') if isinstance(cpu, dict) else '?'}"
+        )
     if report.data_matches_build is False:
         console.print("[yellow]the data file differs from the one the expert was built on[/]")
     console.print(f"report: {out / 'report.md'} (JSON, PNGs beside it)")

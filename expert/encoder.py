@@ -25,7 +25,14 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from expert.build import BuildError, ProgressCallback, choose_labels, run_training
+from expert import hardware
+from expert.build import (
+    BuildError,
+    ProgressCallback,
+    choose_labels,
+    precision_record,
+    run_training,
+)
 from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard, TrainingInfo
 from expert.dataset import (
     DEFAULT_SPLIT_SEED,
@@ -34,6 +41,7 @@ from expert.dataset import (
     read_examples,
     split,
 )
+from expert.hardware import Requested
 from expert.prompt import classifier_token_ids
 
 log = structlog.get_logger(__name__)
@@ -67,7 +75,7 @@ class EncoderConfig(BaseModel):
     weight_decay: float = 0.01
     warmup_fraction: float = Field(default=0.06, ge=0.0, lt=1.0)
     class_weighting: ClassWeighting = "none"
-    bf16_autocast: bool = True
+    precision: Requested = "auto"
     num_threads: int | None = Field(default=None, ge=1)
     seed: int = 0
     split_seed: int = DEFAULT_SPLIT_SEED
@@ -147,6 +155,7 @@ def _fine_tune(
     import torch
     import torch.nn.functional as F  # noqa: N812  (torch's own convention)
 
+    precision = hardware.choose_precision(config.precision, hardware.detect())
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - reproducible shuffling, not security
     lengths = [len(p) for p in prompts]
@@ -173,7 +182,7 @@ def _fine_tune(
 
     def batch_loss(batch: list[int]) -> Any:
         ids, mask = _pad([prompts[i] for i in batch], pad_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.bf16_autocast):
             logits = model(input_ids=ids, attention_mask=mask).logits
         return F.cross_entropy(
             logits.float(), torch.tensor([targets[i] for i in batch]), weight=weight
@@ -330,7 +339,7 @@ def build_classifier(
                 "weight_decay": config.weight_decay,
                 "warmup_fraction": config.warmup_fraction,
                 "class_weighting": config.class_weighting,
-                "bf16_autocast": config.bf16_autocast,
+                **precision_record(config.precision),
                 "max_prompt_tokens": config.max_prompt_tokens,
                 "num_threads": config.num_threads,
                 "seed": config.seed,

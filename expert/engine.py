@@ -23,12 +23,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import structlog
 from pydantic import ValidationError
 
+from expert import hardware
 from expert.card import CARD_FILENAME, ExpertCard
 from expert.prompt import classifier_token_ids, prompt_token_ids
 
@@ -86,21 +87,22 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
         adapter_dir: optional peft LoRA adapter served on top of `model_dir`.
         max_num_seqs: most requests batched at once.
         kv_cache_gib: KV-cache size.
-        dtype: weights and activations dtype.
+        dtype: weights and activations dtype. "auto" (default): on a GPU, vLLM's own choice;
+            on a CPU, `expert.hardware` picks bfloat16 where it is native and float32 where
+            it is emulated (~100x slower). An explicit format always wins.
         max_model_len: longest sequence (prompt + answer) the engine accepts.
         cache_dir: vLLM and inductor caches and RPC sockets go under it.
         cpu_threads: OpenMP threads of the model on a CPU (OMP_NUM_THREADS of the engine
-            processes). None: 1 for the streaming engine, every core for offline batches.
-            A streaming engine shares the cores with the worker's Kafka clients and the
-            broker; two model threads then stall each other at every OpenMP barrier (on 2
-            cores, 50 tickets/s: p50 3.9 s with two threads, 15 ms with one).
+            processes). None: `expert.hardware.engine_threads` decides (half the cores for
+            the streaming engine, which shares them with Kafka and the broker; every core
+            for offline batches).
     """
 
     model_dir: Path
     adapter_dir: Path | None = None
     max_num_seqs: int = 256
     kv_cache_gib: float = 1.0
-    dtype: str = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     max_model_len: int = 512
     cache_dir: Path = Path(".state/vllm-cache")
     cpu_threads: int | None = pydantic.Field(default=None, ge=1)
@@ -230,7 +232,72 @@ def _prediction(
     )
 
 
-def _set_env_defaults(config: EngineConfig, *, in_process: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class EnginePlacement:
+    """Where and how an engine runs: the number format and threads it was given, and why.
+
+    Attributes:
+        device: "cpu" or "gpu".
+        dtype: the dtype handed to vLLM ("auto" on a GPU when none was requested).
+        reason: why that dtype (from `expert.hardware` on a CPU).
+        threads: OpenMP threads of the model on a CPU (None on a GPU).
+        cpu: `CpuCapability.as_dict()` of this machine.
+    """
+
+    device: str
+    dtype: str
+    reason: str
+    threads: int | None
+    cpu: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form, recorded beside every figure measured with this engine."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "reason": self.reason,
+            "threads": self.threads,
+            "cpu": self.cpu,
+        }
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def engine_placement(config: EngineConfig, *, streaming: bool) -> EnginePlacement:
+    """The dtype and thread count an engine with `config` gets on this machine.
+
+    A GPU keeps vLLM's own "auto" (the model's bfloat16/float16); a CPU asks
+    `expert.hardware` (native bfloat16 or float32). An explicit dtype always wins.
+    """
+    capability = hardware.detect()
+    if _has_gpu():
+        return EnginePlacement(
+            device="gpu",
+            dtype=config.dtype,
+            reason="GPU: vLLM chooses" if config.dtype == "auto" else "requested explicitly",
+            threads=None,
+            cpu=capability.as_dict(),
+        )
+    if config.dtype == "float16":
+        dtype, reason = "float16", "float16 requested explicitly"
+    else:
+        precision = hardware.choose_precision(config.dtype, capability)
+        dtype, reason = precision.dtype, precision.reason
+    threads = config.cpu_threads or hardware.engine_threads(capability, streaming=streaming)
+    return EnginePlacement(
+        device="cpu", dtype=dtype, reason=reason, threads=threads, cpu=capability.as_dict()
+    )
+
+
+def _set_env_defaults(
+    config: EngineConfig, placement: EnginePlacement, *, in_process: bool
+) -> None:
     cache = config.cache_dir.resolve()
     for sub in ("vllm", "inductor", "rpc"):
         (cache / sub).mkdir(parents=True, exist_ok=True)
@@ -241,8 +308,8 @@ def _set_env_defaults(config: EngineConfig, *, in_process: bool) -> None:
     os.environ.setdefault("VLLM_RPC_BASE_PATH", str(cache / "rpc"))
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     # Read by the engine processes when they start (this process's torch is not changed).
-    threads = config.cpu_threads or ((os.cpu_count() or 1) if in_process else 1)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if placement.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(placement.threads)
     if in_process:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -276,8 +343,9 @@ def _check_classifier_head(model_dir: Path, card: ExpertCard) -> None:
 class _Loaded:
     """What both front ends need once a model is loaded: card, tokenizer, request shape."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, streaming: bool) -> None:
         self.config = config
+        self.placement = engine_placement(config, streaming=streaming)
         self.base_card: ExpertCard | None = None
         self.card = self._read_cards()
         self.lora_request: Any = None
@@ -326,7 +394,7 @@ class _Loaded:
                 "model": str(self.config.model_dir),
                 "tokenizer": str(self.config.model_dir),
                 "runner": "pooling",
-                "dtype": self.config.dtype,
+                "dtype": self.placement.dtype,
                 "max_model_len": self.config.max_model_len,
                 "max_num_seqs": self.config.max_num_seqs,
                 "kv_cache_memory_bytes": int(self.config.kv_cache_gib * 2**30),
@@ -336,7 +404,7 @@ class _Loaded:
         kwargs: dict[str, Any] = {
             "model": str(self.config.model_dir),
             "tokenizer": str(self.config.model_dir),
-            "dtype": self.config.dtype,
+            "dtype": self.placement.dtype,
             "max_model_len": self.config.max_model_len,
             "max_num_seqs": self.config.max_num_seqs,
             "kv_cache_memory_bytes": int(self.config.kv_cache_gib * 2**30),
@@ -450,9 +518,9 @@ class StreamingExpert:
         Raises:
             ExpertLoadError: the model cannot be loaded.
         """
-        loaded = _Loaded(self._config)
+        loaded = _Loaded(self._config, streaming=True)
         kwargs = loaded.engine_kwargs()
-        _set_env_defaults(self._config, in_process=False)
+        _set_env_defaults(self._config, loaded.placement, in_process=False)
         started = time.perf_counter()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -480,8 +548,16 @@ class StreamingExpert:
             adapter_id=self.adapter_id,
             labels=len(loaded.card.labels),
             mode="streaming",
+            dtype=loaded.placement.dtype,
+            threads=loaded.placement.threads,
+            cpu=loaded.placement.cpu["kind"],
             latency_s=round(time.perf_counter() - started, 3),
         )
+
+    @property
+    def placement(self) -> EnginePlacement:
+        """The dtype and threads the engine was started with, and the CPU it runs on."""
+        return self._require_loaded().placement
 
     async def classify(self, text: str, *, request_id: str) -> Prediction:
         """Classify one ticket text.
@@ -569,9 +645,9 @@ class BatchExpert:
         Raises:
             ExpertLoadError: the model cannot be loaded.
         """
-        loaded = _Loaded(self._config)
+        loaded = _Loaded(self._config, streaming=False)
         kwargs = loaded.engine_kwargs()
-        _set_env_defaults(self._config, in_process=True)
+        _set_env_defaults(self._config, loaded.placement, in_process=True)
         started = time.perf_counter()
         from vllm import LLM
 
@@ -596,8 +672,18 @@ class BatchExpert:
             model_id=loaded.card.model_id,
             labels=len(loaded.card.labels),
             mode="batch",
+            dtype=loaded.placement.dtype,
+            threads=loaded.placement.threads,
+            cpu=loaded.placement.cpu["kind"],
             latency_s=round(time.perf_counter() - started, 3),
         )
+
+    @property
+    def placement(self) -> EnginePlacement:
+        """The dtype and threads the engine was started with, and the CPU it runs on."""
+        if self._loaded is None:
+            raise EngineFailure("the expert is not started")
+        return self._loaded.placement
 
     def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
         """Classify many ticket texts in one offline batch.

@@ -92,6 +92,7 @@ class EvalReport(BaseModel):
     target_precision: float
     expert: ModelScores
     baseline: ModelScores
+    engine: dict[str, object] | None = None  # EnginePlacement: dtype, threads, CPU kind
 
 
 def expected_calibration_error(
@@ -303,6 +304,7 @@ def evaluate(
         started = time.perf_counter()
         predictions = expert.classify_batch(parts.test.texts)
         elapsed = time.perf_counter() - started
+        placement = expert.placement.as_dict()
     finally:
         if owned:
             expert.close()
@@ -352,6 +354,7 @@ def evaluate(
         target_precision=TARGET_PRECISION,
         expert=expert_scores,
         baseline=baseline_scores,
+        engine=placement,
     )
     write_report(report, Path(out_dir))
     log.info(
@@ -410,6 +413,7 @@ def render_markdown(report: EvalReport) -> str:
         f"{report.test_examples} test tickets (random split, seed {report.split_seed}, "
         f"test fraction {report.test_fraction}); {len(report.labels)} labels.",
         "",
+        *_engine_lines(report),
         f"| metric | expert (`{report.model_id}`) | TF-IDF + LinearSVC |",
         "|---|---|---|",
         *(f"| {m} | {e} | {b} |" for m, e, b in summary_rows(report)),
@@ -438,6 +442,20 @@ def render_markdown(report: EvalReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _engine_lines(report: EvalReport) -> list[str]:
+    engine = report.engine
+    if not engine:
+        return []
+    cpu = engine.get("cpu")
+    kind = cpu.get("kind") if isinstance(cpu, dict) else None
+    return [
+        f"Engine: vLLM on {engine.get('device')}, dtype {engine.get('dtype')}, "
+        f"{engine.get('threads')} thread(s); processor: {kind}. Throughput figures compare "
+        "only with figures from the same kind of processor.",
+        "",
+    ]
 
 
 def _plots(report: EvalReport, out_dir: Path) -> None:

@@ -46,6 +46,9 @@ class BenchResult:
     # Phase ("bare engine", "worker") -> process group -> CPU milliseconds per ticket.
     cpu_ms_per_ticket: dict[str, dict[str, float]] = field(default_factory=dict)
     exactly_once: bool = False
+    # The engine's number format, threads and the processor kind: figures compare only
+    # with figures from the same kind of processor.
+    hardware: dict[str, object] = field(default_factory=dict)
 
 
 class CpuMeter:
@@ -124,11 +127,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50": q[49], "p95": q[94], "p99": q[98], "max": max(values)}
 
 
-async def _bare_engine(settings: Settings, texts: list[str], meter: CpuMeter) -> float:
+async def _bare_engine(
+    settings: Settings, texts: list[str], meter: CpuMeter, hardware: dict[str, object]
+) -> float:
     from expert.engine import StreamingExpert
 
     engine = StreamingExpert(settings.engine)
     await engine.start()
+    hardware.update(engine.placement.as_dict())
     try:
         sem = asyncio.Semaphore(settings.max_in_flight)
 
@@ -299,7 +305,13 @@ async def _bench(
     payloads = _payloads(n, seed=7)
     texts = [Ticket.model_validate_json(p).text() for p in payloads]
     engine_cpu, worker_cpu = CpuMeter(), CpuMeter()
-    engine_tps = await _bare_engine(settings, texts, engine_cpu)
+    hardware: dict[str, object] = {}
+    engine_tps = await _bare_engine(settings, texts, engine_cpu, hardware)
+    cpu = hardware.get("cpu")
+    console.print(
+        f"engine: dtype {hardware.get('dtype')}, {hardware.get('threads')} model thread(s), "
+        f"cpu {cpu.get('kind') if isinstance(cpu, dict) else '?'}"
+    )
     console.print(f"bare engine: {engine_tps:.0f} tickets/s on {n} tickets")
     worker_tps, table = await _worker_runs(
         settings, tax, payloads, rates, seconds_per_rate, worker_cpu
@@ -316,6 +328,7 @@ async def _bench(
             "bare engine": engine_cpu.per_ticket_ms(n),
             "worker": worker_cpu.per_ticket_ms(n),
         },
+        hardware=hardware,
     )
 
 
@@ -328,6 +341,7 @@ def run_bench(
     out_file: Path | None,
     bootstrap: str | None = None,
     exactly_once: bool = False,
+    dtype: str = "auto",
 ) -> int:
     """Run the benchmark and print its figures; returns the process exit code."""
     from worker.logs import configure_logging
@@ -361,7 +375,7 @@ def run_bench(
                 "exactly_once": exactly_once,
                 "transactional_id": f"bench-{unique}",
             },
-            engine={"model_dir": model_dir},
+            engine={"model_dir": model_dir, "dtype": dtype},
             taxonomy_path=tax_path,
             metrics={"enabled": False},
             routing={"deadline_s": 120},
@@ -386,6 +400,12 @@ def _print(result: BenchResult) -> None:
     t.add_row("bare engine, tickets/s", f"{result.engine_tickets_per_s:.1f}")
     t.add_row("worker end to end, tickets/s", f"{result.worker_tickets_per_s:.1f}")
     t.add_row("ratio worker / engine", f"{result.ratio:.2f}")
+    cpu = result.hardware.get("cpu")
+    t.add_row(
+        "engine dtype / model threads",
+        f"{result.hardware.get('dtype')} / {result.hardware.get('threads')}",
+    )
+    t.add_row("processor", str(cpu.get("kind") if isinstance(cpu, dict) else "?"))
     console.print(t)
     ct = Table(title="CPU milliseconds per ticket, by process (throughput runs)")
     ct.add_column("process")
@@ -425,10 +445,16 @@ def bench_worker(
     bootstrap: str | None = None,
     out: Path | None = None,
     exactly_once: bool = False,
+    dtype: str = "auto",
 ) -> None:
-    """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates."""
+    """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates.
+
+    --dtype forces the engine's number format (auto, bfloat16, float32) to compare both.
+    """
     import typer
 
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise typer.BadParameter("--dtype must be auto, bfloat16 or float32")
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     raise typer.Exit(
         run_bench(
@@ -439,5 +465,6 @@ def bench_worker(
             out_file=out,
             exactly_once=exactly_once,
             bootstrap=bootstrap,
+            dtype=dtype,
         )
     )

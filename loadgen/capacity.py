@@ -642,7 +642,7 @@ def run_capacity(
 
     import yaml
 
-    from expert.engine import EngineConfig
+    from expert.engine import EngineConfig, engine_placement
     from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
     from worker.config import KafkaSettings, MetricsSettings, RoutingSettings, Settings
     from worker.errors import EngineUnavailableError
@@ -702,6 +702,9 @@ def run_capacity(
             "inbound_topic": tax.topics.inbound,
             "partitions": run.partitions,
             "cpu_count": os.cpu_count(),
+            # Number format, model threads and processor kind: compare figures only with
+            # figures from the same kind of processor.
+            "hardware": engine_placement(settings.engine, streaming=True).as_dict(),
             "note": "the load generator and reader share the worker's process and cores",
             **run.extra_meta,
         },
@@ -797,6 +800,12 @@ def print_curve(doc: dict[str, Any]) -> None:
     )
     for line in failures:
         console.print(f"failed {line}")
+    hw = doc.get("hardware")
+    if isinstance(hw, dict):
+        console.print(
+            f"engine: dtype {hw.get('dtype')}, {hw.get('threads')} model thread(s), "
+            f"cpu {hw.get('cpu', {}).get('kind')}"
+        )
     summary = doc["summary"]
     best = summary["max_sustainable_rate_per_s"]
     console.print(

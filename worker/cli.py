@@ -142,7 +142,14 @@ def worker(
         console.print(f"[red]invalid configuration:[/] {exc}")
         raise typer.Exit(2) from exc
     if check_config:
-        out.print_json(data=masked(settings))
+        from expert.engine import engine_placement
+
+        placement = engine_placement(settings.engine, streaming=True)
+        console.print(
+            f"cpu: {placement.cpu['kind']} ({placement.cpu['model_name']}); engine format: "
+            f"{placement.dtype} ({placement.reason}); model threads: {placement.threads}"
+        )
+        out.print_json(data={**masked(settings), "hardware": placement.as_dict()})
         return
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     raise typer.Exit(asyncio.run(_serve(settings)))
