@@ -72,6 +72,27 @@ class TrainingInfo(BaseModel):
     config: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
+class RoutingCalibration(BaseModel):
+    """The triage threshold chosen on validation data for a target precision.
+
+    Attributes:
+        target_precision: the share of auto-routed tickets that must be right.
+        confidence_threshold: the lowest confidence at which validation precision reached the
+            target (tickets below it go to triage); None when no threshold reached it.
+        validation_precision: precision of the validation tickets at or above it.
+        validation_coverage: share of validation tickets at or above it.
+        validation_examples: how many validation tickets it was chosen on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target_precision: float = Field(gt=0.0, le=1.0)
+    confidence_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    validation_precision: float | None = None
+    validation_coverage: float = Field(default=0.0, ge=0.0, le=1.0)
+    validation_examples: int = Field(default=0, ge=0)
+
+
 class ExpertCard(BaseModel):
     """What a model (or adapter) directory answers, and how it must be prompted.
 
@@ -90,6 +111,8 @@ class ExpertCard(BaseModel):
         base_model: the base model directory or name; None for a from-scratch model.
         adapter: LoRA details when the directory holds an adapter, else None.
         training: training figures, None when unknown.
+        routing: the triage threshold chosen on validation data, None when not calibrated
+            (the worker then uses its configured threshold, default 0.5).
         created_at: when the card was written.
     """
 
@@ -105,6 +128,7 @@ class ExpertCard(BaseModel):
     base_model: str | None = None
     adapter: AdapterInfo | None = None
     training: TrainingInfo | None = None
+    routing: RoutingCalibration | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @model_validator(mode="after")

@@ -507,6 +507,12 @@ class StreamingExpert:
         loaded = self._require_loaded()
         return loaded.card.model_id if loaded.config.adapter_dir is not None else None
 
+    @property
+    def recommended_threshold(self) -> float | None:
+        """The triage threshold the card chose on validation data (None: not calibrated)."""
+        routing = self._require_loaded().card.routing
+        return routing.confidence_threshold if routing is not None else None
+
     def _require_loaded(self) -> _Loaded:
         if self._loaded is None:
             raise EngineFailure("the expert is not started")

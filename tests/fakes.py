@@ -36,6 +36,10 @@ class FakeEngine:
     def adapter_id(self) -> str | None:
         return None
 
+    @property
+    def recommended_threshold(self) -> float | None:
+        return None
+
     async def classify(self, text: str, *, request_id: str) -> Prediction:
         self.calls += 1
         if self.fail:

@@ -107,13 +107,15 @@ class RoutingSettings(BaseModel):
     """How decisions become destinations.
 
     Attributes:
-        confidence_threshold: below it a ticket goes to human triage.
+        confidence_threshold: below it a ticket goes to human triage. None (default): the
+            threshold the expert's card recorded for its target precision on validation
+            data, or 0.5 when the card has none.
         deadline_s: a ticket the engine has not answered within this time goes to triage.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    confidence_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     deadline_s: float = Field(default=30.0, gt=0)
 
 

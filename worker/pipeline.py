@@ -59,6 +59,11 @@ class Engine(Protocol):
     @property
     def adapter_id(self) -> str | None: ...
 
+    @property
+    def recommended_threshold(self) -> float | None:
+        """The confidence threshold the expert's card recommends (None: none recorded)."""
+        ...
+
     async def classify(self, text: str, *, request_id: str) -> Prediction: ...
 
     def load(self) -> tuple[int, int]: ...
@@ -105,12 +110,25 @@ class Publisher(Protocol):
     def abort_transaction_now(self) -> None: ...
 
 
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
+
+
+def effective_threshold(configured: float | None, recommended: float | None) -> float:
+    """The triage threshold in force: the configured one, else the expert's, else 0.5."""
+    if configured is not None:
+        return configured
+    return recommended if recommended is not None else DEFAULT_CONFIDENCE_THRESHOLD
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """The knobs the pipeline reads (a projection of `worker.config.Settings`)."""
 
     max_in_flight: int = 256
-    confidence_threshold: float = 0.5
+    # None: the expert card's threshold (chosen on validation data for a target precision),
+    # else DEFAULT_CONFIDENCE_THRESHOLD. A value here (ROUTER_ROUTING__CONFIDENCE_THRESHOLD)
+    # overrides the card.
+    confidence_threshold: float | None = None
     deadline_s: float = 30.0
     commit_interval_s: float = 1.0
     shutdown_grace_s: float = 25.0
@@ -172,6 +190,13 @@ class Pipeline:
         self._txn_tickets = 0
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def confidence_threshold(self) -> float:
+        """Below it a ticket goes to triage (configured, else the expert card's, else 0.5)."""
+        return effective_threshold(
+            self.config.confidence_threshold, self.engine.recommended_threshold
+        )
 
     @property
     def is_ready(self) -> bool:
@@ -330,7 +355,7 @@ class Pipeline:
             )
             self.metrics.inference_duration.observe(prediction.latency_s)
             self.metrics.confidence.observe(prediction.confidence)
-            if prediction.confidence < self.config.confidence_threshold:
+            if prediction.confidence < self.confidence_threshold:
                 topic, disposition, reason = (
                     self.taxonomy.topics.triage,
                     Disposition.TRIAGE,
