@@ -8,9 +8,9 @@ from __future__ import annotations
 import typer
 
 from expert.cli import app as expert_app
+from loadgen.bench import bench_worker
 from loadgen.cli import app as loadgen_app
 from loadgen.cli import demo
-from loadgen.bench import bench_worker
 from schemas.cli import app as schemas_app
 from worker.cli import broker_app, topics_app, worker
 

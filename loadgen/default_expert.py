@@ -43,9 +43,8 @@ def ensure_default_expert(
     The build trains the ~2.9M-parameter Llama from scratch on `n` synthetic tickets (a few
     minutes on two cores) with a progress bar; later calls reuse it.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from expert.build import BuildConfig, build_expert
+    from expert.progress import progress
     from loadgen.corpus import generate, write_jsonl
 
     tax = taxonomy or Taxonomy.load()
@@ -55,17 +54,7 @@ def ensure_default_expert(
     corpus = model_dir.parent / f"default-corpus-{n}-{seed}.jsonl"
     corpus.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(generate(n, seed=seed), corpus)
-    with Progress(
-        TextColumn("building the default expert"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps, loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-    ) as progress:
-        task = progress.add_task("build", total=None, loss=float("nan"))
-
-        def on_progress(step: int, total: int, loss: float) -> None:
-            progress.update(task, completed=step, total=total, loss=loss)
-
+    with progress("building the default expert") as on_progress:
         build_expert(
             corpus,
             model_dir,
