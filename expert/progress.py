@@ -30,6 +30,7 @@ class _LinePrinter:
         self._started = time.monotonic()
         self._last_print = 0.0
         self._last: tuple[int, int, float] | None = None
+        self._printed: tuple[int, int, float] | None = None
 
     def __call__(self, done: int, total: int, loss: float) -> None:
         self._last = (done, total, loss)
@@ -50,9 +51,10 @@ class _LinePrinter:
         )
         self._stream.flush()
         self._last_print = now
+        self._printed = self._last
 
     def close(self) -> None:
-        if self._last is not None and self._last_print < time.monotonic() - 0.5:
+        if self._last is not None and self._last is not self._printed:
             self._print(time.monotonic())
 
 
