@@ -28,14 +28,15 @@ class _LinePrinter:
         self._stream = stream
         self._unit = unit
         self._started = time.monotonic()
-        self._last_print = 0.0
+        self._last_print: float | None = None
         self._last: tuple[int, int, float] | None = None
         self._printed: tuple[int, int, float] | None = None
 
     def __call__(self, done: int, total: int, loss: float) -> None:
         self._last = (done, total, loss)
         now = time.monotonic()
-        if now - self._last_print >= self._every_s or done >= total:
+        due = self._last_print is None or now - self._last_print >= self._every_s
+        if due or done >= total:
             self._print(now)
 
     def _print(self, now: float) -> None:
