@@ -26,11 +26,15 @@ from expert.dataset import (
     split,
 )
 from expert.engine import BatchExpert, EngineConfig, load_card
+from expert.metrics import (
+    TARGET_PRECISION,
+    CurvePoint,
+    expected_calibration_error,
+    precision_coverage,
+)
 
 log = structlog.get_logger(__name__)
 
-TARGET_PRECISION = 0.95
-ECE_BINS = 15
 BASELINE_NAME = "tfidf_linearsvc"
 
 
@@ -43,16 +47,6 @@ class QueueScores(BaseModel):
     recall: float
     f1: float
     support: int
-
-
-class CurvePoint(BaseModel):
-    """One triage threshold: tickets at or above it are routed, the rest go to triage."""
-
-    model_config = ConfigDict(frozen=True)
-
-    threshold: float
-    coverage: float
-    precision: float
 
 
 class ModelScores(BaseModel):
@@ -93,50 +87,6 @@ class EvalReport(BaseModel):
     expert: ModelScores
     baseline: ModelScores
     engine: dict[str, object] | None = None  # EnginePlacement: dtype, threads, CPU kind
-
-
-def expected_calibration_error(
-    confidences: Sequence[float], correct: Sequence[bool], *, bins: int = ECE_BINS
-) -> tuple[float, list[tuple[float, float, int]]]:
-    """ECE over equal-width confidence bins, and the per-bin reliability points."""
-    buckets: list[list[int]] = [[] for _ in range(bins)]
-    for i, c in enumerate(confidences):
-        buckets[min(bins - 1, int(c * bins))].append(i)
-    total, ece, points = len(confidences), 0.0, []
-    for members in buckets:
-        if not members:
-            continue
-        conf = sum(confidences[i] for i in members) / len(members)
-        acc = sum(correct[i] for i in members) / len(members)
-        ece += len(members) / total * abs(acc - conf)
-        points.append((round(conf, 4), round(acc, 4), len(members)))
-    return ece, points
-
-
-def precision_coverage(
-    confidences: Sequence[float], correct: Sequence[bool], *, target: float = TARGET_PRECISION
-) -> tuple[list[CurvePoint], float, float | None]:
-    """The curve of (threshold, coverage, precision) and the largest coverage at `target`.
-
-    Routing the tickets whose confidence is at least the threshold: coverage is the share
-    routed, precision the share of routed tickets that went to the right queue.
-    """
-    order = sorted(range(len(confidences)), key=lambda i: -confidences[i])
-    curve: list[CurvePoint] = []
-    hits, best_cov, best_thr = 0, 0.0, None
-    n = len(order)
-    for rank, i in enumerate(order, start=1):
-        hits += correct[i]
-        # Only cut between distinct confidences: a threshold routes all ties alike.
-        if rank < n and confidences[order[rank]] == confidences[i]:
-            continue
-        cov, prec = rank / n, hits / rank
-        curve.append(CurvePoint(threshold=confidences[i], coverage=cov, precision=prec))
-        if prec >= target and cov > best_cov:
-            best_cov, best_thr = cov, confidences[i]
-    step = max(1, len(curve) // 200)
-    thinned = curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])
-    return thinned, best_cov, best_thr
 
 
 def score(

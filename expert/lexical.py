@@ -1,0 +1,256 @@
+"""The lexical model: TF-IDF word and character n-grams with a linear classifier.
+
+Owns fitting it (scikit-learn), storing it as data (`lexical.json`: settings and the two
+vocabularies; `lexical.safetensors`: idf vectors, class weights and biases) and loading it
+without executing anything from the folder (no pickle: an expert folder may come from
+elsewhere), and scoring ticket texts. Scores are the classifier's decision values in the
+card's label order; turning them into probabilities (alone or fused with the neural model)
+is `expert.fusion`'s job. It never imports torch or vllm.
+
+Lexical features are strong on tickets (product names, error codes, hostnames): word 1-2-grams
+plus char_wb 2-5-grams with LinearSVC(C=1) reached 0.676 accuracy on the real tickets, the
+best linear model measured (RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+LEXICAL_JSON = "lexical.json"
+LEXICAL_WEIGHTS = "lexical.safetensors"
+LEXICAL_FORMAT_VERSION = 1
+# Decision value given to labels the training rows never showed (a finite "impossible":
+# fusion multiplies scores by weights that may be 0, and 0 * -inf is NaN).
+UNSEEN_LABEL_SCORE = -1.0e4
+
+
+class LexicalError(ValueError):
+    """The lexical files are missing, unreadable or inconsistent; the message says why."""
+
+
+class LexicalSettings(BaseModel):
+    """How the lexical model is built.
+
+    Attributes:
+        word_ngrams: word n-gram range.
+        char_ngrams: character n-gram range (within word boundaries, `char_wb`).
+        min_df: n-grams seen in fewer training texts are dropped.
+        c: LinearSVC regularisation (higher fits the training rows more closely).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] = (2, 5)
+    min_df: int = Field(default=2, ge=1)
+    c: float = Field(default=1.0, gt=0)
+
+
+def _vectorizers(settings: LexicalSettings, vocabularies: Sequence[Any] = (None, None)) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    word = TfidfVectorizer(
+        ngram_range=settings.word_ngrams,
+        min_df=settings.min_df,
+        sublinear_tf=True,
+        vocabulary=vocabularies[0],
+    )
+    char = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=settings.char_ngrams,
+        min_df=settings.min_df,
+        sublinear_tf=True,
+        vocabulary=vocabularies[1],
+    )
+    return word, char
+
+
+class LexicalModel:
+    """A fitted lexical model answering the card's labels.
+
+    Attributes:
+        labels: the label order of `scores()` columns (the card's).
+        settings: how it was built.
+        train_examples: rows it was fitted on.
+        fit_time_s: wall time of the fit.
+    """
+
+    def __init__(
+        self,
+        *,
+        labels: Sequence[str],
+        settings: LexicalSettings,
+        word: Any,
+        char: Any,
+        weights: np.ndarray,
+        biases: np.ndarray,
+        train_examples: int,
+        fit_time_s: float,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.settings = settings
+        self._word = word
+        self._char = char
+        self._weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self._biases = np.asarray(biases, dtype=np.float32)
+        self.train_examples = train_examples
+        self.fit_time_s = fit_time_s
+        if self._weights.shape[0] != len(self.labels) or self._biases.shape != (len(labels),):
+            raise LexicalError("weights and biases must have one row per label")
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        text_labels: Sequence[str],
+        *,
+        labels: Sequence[str],
+        settings: LexicalSettings | None = None,
+    ) -> LexicalModel:
+        """Fit on `texts` (labelled `text_labels`); scores come out in `labels` order.
+
+        Labels absent from `text_labels` score `UNSEEN_LABEL_SCORE`.
+
+        Raises:
+            LexicalError: fewer than two distinct labels, or labels outside `labels`.
+        """
+        from scipy.sparse import hstack
+        from sklearn.svm import LinearSVC
+
+        settings = settings or LexicalSettings()
+        present = sorted(set(text_labels))
+        unknown = sorted(set(present) - set(labels))
+        if unknown:
+            raise LexicalError(f"training labels not in the label list: {unknown}")
+        if len(present) < 2:
+            raise LexicalError("the lexical model needs at least two distinct labels")
+        started = time.perf_counter()
+        word, char = _vectorizers(settings)
+        features = hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
+        svm = LinearSVC(C=settings.c, max_iter=5000).fit(features, list(text_labels))
+        classes = [str(c) for c in svm.classes_]
+        coef = np.atleast_2d(svm.coef_)
+        intercept = np.atleast_1d(svm.intercept_)
+        if len(classes) == 2:  # binary: one decision value d, scores (-d, d)
+            coef = np.vstack([-coef[0], coef[0]])
+            intercept = np.array([-intercept[0], intercept[0]])
+        weights = np.zeros((len(labels), features.shape[1]), dtype=np.float32)
+        biases = np.full(len(labels), UNSEEN_LABEL_SCORE, dtype=np.float32)
+        index = {label: i for i, label in enumerate(labels)}
+        for row, label in enumerate(classes):
+            weights[index[label]] = coef[row]
+            biases[index[label]] = intercept[row]
+        return cls(
+            labels=labels,
+            settings=settings,
+            word=word,
+            char=char,
+            weights=weights,
+            biases=biases,
+            train_examples=len(texts),
+            fit_time_s=time.perf_counter() - started,
+        )
+
+    @property
+    def features(self) -> int:
+        """Number of n-gram features (word + character)."""
+        return int(self._weights.shape[1])
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Decision values, one row per text, one column per label (float64)."""
+        from scipy.sparse import hstack
+
+        if not texts:
+            return np.zeros((0, len(self.labels)))
+        features = hstack([self._word.transform(texts), self._char.transform(texts)]).tocsr()
+        out = np.asarray(features @ self._weights.T, dtype=np.float64)
+        return out + self._biases.astype(np.float64)
+
+    def save(self, folder: Path) -> None:
+        """Write `lexical.json` and `lexical.safetensors` into `folder`."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "format_version": LEXICAL_FORMAT_VERSION,
+            "labels": list(self.labels),
+            "settings": self.settings.model_dump(mode="json"),
+            "train_examples": self.train_examples,
+            "fit_time_s": round(self.fit_time_s, 3),
+            "word_vocabulary": _terms(self._word.vocabulary_),
+            "char_vocabulary": _terms(self._char.vocabulary_),
+        }
+        (folder / LEXICAL_JSON).write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
+        save_file(
+            {
+                "word_idf": np.asarray(self._word.idf_, dtype=np.float64),
+                "char_idf": np.asarray(self._char.idf_, dtype=np.float64),
+                "weights": self._weights,
+                "biases": self._biases,
+            },
+            str(folder / LEXICAL_WEIGHTS),
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalModel:
+        """Read a lexical model written by `save` (data only: JSON and safetensors).
+
+        Raises:
+            LexicalError: files missing, unreadable or inconsistent.
+        """
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        try:
+            doc = json.loads((folder / LEXICAL_JSON).read_text("utf-8"))
+            tensors = load_file(str(folder / LEXICAL_WEIGHTS))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as exc:
+            raise LexicalError(f"{folder}: cannot read the lexical model: {exc}") from exc
+        if doc.get("format_version") != LEXICAL_FORMAT_VERSION:
+            raise LexicalError(f"{folder}: unknown lexical format {doc.get('format_version')}")
+        try:
+            settings = LexicalSettings.model_validate(doc["settings"])
+            word_terms, char_terms = doc["word_vocabulary"], doc["char_vocabulary"]
+            vocabularies = [
+                {t: i for i, t in enumerate(terms)} for terms in (word_terms, char_terms)
+            ]
+            word, char = _vectorizers(settings, vocabularies)
+            word.idf_ = tensors["word_idf"]
+            char.idf_ = tensors["char_idf"]
+            weights, biases = tensors["weights"], tensors["biases"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LexicalError(f"{folder}: inconsistent lexical model: {exc}") from exc
+        if weights.shape[1] != len(word_terms) + len(char_terms):
+            raise LexicalError(f"{folder}: weights do not match the vocabularies")
+        return cls(
+            labels=doc["labels"],
+            settings=settings,
+            word=word,
+            char=char,
+            weights=weights,
+            biases=biases,
+            train_examples=int(doc.get("train_examples", 0)),
+            fit_time_s=float(doc.get("fit_time_s", 0.0)),
+        )
+
+
+def _terms(vocabulary: dict[str, int]) -> list[str]:
+    """The vocabulary as a list indexed by feature number."""
+    terms = [""] * len(vocabulary)
+    for term, index in vocabulary.items():
+        terms[int(index)] = term
+    return terms
+
+
+def has_lexical(folder: Path) -> bool:
+    """Whether `folder` holds a lexical model."""
+    return (Path(folder) / LEXICAL_JSON).is_file()
