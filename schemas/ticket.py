@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.email_text import strip_email_noise
+
 MAX_SUBJECT_CHARS = 500
 MAX_BODY_CHARS = 16_000
 MAX_HINT_CHARS = 200
@@ -145,5 +147,9 @@ class Ticket(BaseModel):
         return data
 
     def text(self) -> str:
-        """The text the router classifies: subject, then body, on one line each."""
-        return f"{self.subject}\n{self.body}".strip()
+        """The text the router classifies: the subject, then the body without its email
+        noise (quoted replies, forwarded headers, signatures: `strip_email_noise`).
+
+        The ticket itself keeps its raw body; only what the expert reads is cleaned.
+        """
+        return f"{self.subject}\n{strip_email_noise(self.body)}".strip()
