@@ -27,6 +27,7 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_FORMAT = "unknown_format"  # JSON, but no adapter recognises it
     INVALID = "invalid"  # recognised, but fails validation
     PROMPT_TOO_LONG = "prompt_too_long"
+    UNKNOWN_GROUP = "unknown_group"  # feedback naming a group no queue is mapped to
 
 
 # Kafka Connect's dead-letter-queue header names (errors.deadletterqueue.context.headers.enable).

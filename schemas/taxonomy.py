@@ -51,13 +51,17 @@ class Queue(BaseModel):
 
 
 class ControlTopics(BaseModel):
-    """Topics that are not a queue: inbound tickets, human triage and dead letters."""
+    """Topics that are not a queue: inbound tickets, human triage and dead letters, and the
+    service desk's feedback (with its own dead-letter topic, so that the inbound tickets'
+    dead-letter topic accounts for inbound records only)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     inbound: str = Field(default="tickets.inbound", pattern=_TOPIC_NAME)
     triage: str = Field(default="tickets.triage", pattern=_TOPIC_NAME)
     dead_letter: str = Field(default="tickets.dead-letter", pattern=_TOPIC_NAME)
+    feedback: str = Field(default="tickets.feedback", pattern=_TOPIC_NAME)
+    feedback_dead_letter: str = Field(default="tickets.feedback.dead-letter", pattern=_TOPIC_NAME)
 
 
 class Taxonomy(BaseModel):
@@ -85,6 +89,8 @@ class Taxonomy(BaseModel):
             self.topics.inbound,
             self.topics.triage,
             self.topics.dead_letter,
+            self.topics.feedback,
+            self.topics.feedback_dead_letter,
         ]
         dupes = sorted({t for t in topics if topics.count(t) > 1})
         if dupes:
@@ -111,13 +117,20 @@ class Taxonomy(BaseModel):
         """The routed topic of queue `name`."""
         return self.queue(name).topic
 
+    def decision_topics(self) -> list[str]:
+        """The topics the router publishes its decisions to: each queue's, then triage."""
+        return [*(q.topic for q in self.queues), self.topics.triage]
+
     def all_topics(self) -> list[str]:
-        """Every topic of the layout: inbound, each queue's, triage, dead-letter."""
+        """Every topic of the layout: inbound, each queue's, triage, dead-letter, feedback
+        and the feedback's dead-letter topic."""
         return [
             self.topics.inbound,
             *(q.topic for q in self.queues),
             self.topics.triage,
             self.topics.dead_letter,
+            self.topics.feedback,
+            self.topics.feedback_dead_letter,
         ]
 
     def with_topic_suffix(self, suffix: str) -> Taxonomy:

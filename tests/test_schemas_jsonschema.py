@@ -57,11 +57,16 @@ def test_export_writes_one_valid_schema_per_contract(
 ) -> None:
     assert sorted(exported) == [
         "dead-letter",
+        "feedback",
+        "jira-issue-updated",
         "jira-webhook",
+        "labeled-ticket",
         "routed-ticket",
         "servicenow-incident",
+        "servicenow-incident-update",
         "ticket",
         "zendesk-ticket",
+        "zendesk-ticket-event",
     ]
 
 

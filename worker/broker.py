@@ -39,14 +39,15 @@ class TopicLayout:
 
     @classmethod
     def from_taxonomy(cls, taxonomy: Taxonomy, *, partitions: int) -> TopicLayout:
-        """Inbound, one routed topic per queue, triage and dead-letter."""
+        """Inbound, one routed topic per queue, triage, dead-letter, feedback and the
+        feedback's dead-letter topic."""
+        room = {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}
         return cls(
             topics=tuple(taxonomy.all_topics()),
             partitions=partitions,
             configs={
-                taxonomy.topics.dead_letter: {
-                    "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)
-                }
+                taxonomy.topics.dead_letter: dict(room),
+                taxonomy.topics.feedback_dead_letter: dict(room),
             },
         )
 
