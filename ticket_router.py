@@ -13,6 +13,7 @@ from loadgen.cli import app as loadgen_app
 from loadgen.cli import demo
 from schemas.cli import app as schemas_app
 from worker.cli import broker_app, topics_app, worker
+from worker.feedback_cli import decisions_app, feedback
 
 app = typer.Typer(
     name="ticket-router",
@@ -29,6 +30,8 @@ bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=T
 bench_app.command("worker")(bench_worker)
 app.add_typer(bench_app, name="bench")
 app.command("worker")(worker)
+app.command("feedback")(feedback)
+app.add_typer(decisions_app, name="decisions")
 app.command("demo")(demo)
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
+from worker.feedback_metrics import FeedbackMetrics
 from worker.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ REQUIRED_ALERTS = {
     "RouterTriageRateSpike": "router_tickets_triaged_total",
     "RouterEndToEndLatencyAboveSLO": "router_end_to_end_latency_seconds_bucket",
     "RouterEngineNotReady": "router_ready",
+    "RouterLiveAccuracyDrop": "router_live_judged_decisions",
 }
 # What the dashboard must show, by the metric that shows it.
 REQUIRED_DASHBOARD_METRICS = {
@@ -50,6 +52,10 @@ REQUIRED_DASHBOARD_METRICS = {
     "router_confidence_bucket",  # confidence distribution
     "router_tickets_triaged_total",  # triage rate
     "router_tickets_dead_lettered_total",  # dead-letter rate
+    "router_live_correct_decisions",  # live accuracy (feedback consumer)
+    "router_feedback_verdicts_total",  # confirmed vs reassigned by queue and version
+    "router_feedback_triage_outcomes_total",  # what humans chose for triaged tickets
+    "router_feedback_without_decision_total",  # feedback the decision log could not join
 }
 
 
@@ -113,7 +119,7 @@ def test_promql_metric_names_reads_selectors_only() -> None:
     assert promql_metric_names(expr) == expected
 
 
-def exported_names(metrics: Metrics) -> set[str]:
+def exported_names(metrics: Metrics | FeedbackMetrics) -> set[str]:
     """Every sample name `metrics` can expose, from each family's type."""
     suffixes = {
         "counter": ("_total", "_created"),
@@ -134,7 +140,9 @@ def exported_names(metrics: Metrics) -> set[str]:
 
 @pytest.fixture(scope="module")
 def worker_metric_names() -> set[str]:
+    # The worker's metrics and the feedback consumer's (`ticket-router feedback`).
     names = exported_names(Metrics(CollectorRegistry()))
+    names |= exported_names(FeedbackMetrics(CollectorRegistry()))
     # Guard the suffix logic itself with names of each type.
     assert {
         "router_tickets_routed_total",

@@ -119,6 +119,33 @@ class RoutingSettings(BaseModel):
     deadline_s: float = Field(default=30.0, gt=0)
 
 
+class FeedbackSettings(BaseModel):
+    """The feedback consumer (`ticket-router feedback`).
+
+    Attributes:
+        group_id: its consumer group on the feedback topic (not the workers' group).
+        store_path: its decision log (SQLite; one file per consumer, rebuilt from the
+            routed topics when missing).
+        group_map_path: the tools' groups -> queues YAML (None: the packaged example).
+        join_wait_s: how long feedback that arrived before its decision is held.
+        max_held: most feedback held at once.
+        decision_retention_days: decisions older than this leave the log (labels stay).
+        cache_mib: SQLite page cache, the bound on the log's memory.
+        metrics_port: its /metrics, /healthz, /readyz (beside a worker's 9464).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = "ticket-router-feedback"
+    store_path: Path = Path(".state/feedback/decisions.sqlite3")
+    group_map_path: Path | None = None
+    join_wait_s: float = Field(default=600.0, gt=0)
+    max_held: int = Field(default=100_000, ge=1)
+    decision_retention_days: float | None = Field(default=90.0, gt=0)
+    cache_mib: int = Field(default=16, ge=1)
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything the worker needs, validated before anything connects."""
 
@@ -134,6 +161,7 @@ class Settings(BaseSettings):
     engine: EngineConfig = EngineConfig(model_dir=Path(".state/models/default-expert"))
     metrics: MetricsSettings = MetricsSettings()
     routing: RoutingSettings = RoutingSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     taxonomy_path: Path | None = None
     max_in_flight: int = Field(default=256, ge=1)
     shutdown_grace_s: float = Field(default=25.0, ge=0)

@@ -1,9 +1,12 @@
-"""The only module that imports `confluent_kafka`: admin calls, the Source and the Publisher.
+"""The only module that imports `confluent_kafka`: admin calls, the Source, the Reader and the
+Publisher.
 
 `Source` wraps a consumer whose every call runs on one dedicated thread (librdkafka's
 consumer is blocking and not meant to be shared); rebalance callbacks run on that thread too.
 `Publisher` wraps an idempotent producer whose delivery reports resolve asyncio futures.
-Neither decides anything about tickets: that is `worker.pipeline`'s job.
+`Reader` reads every partition of some topics outside any group, from positions its caller
+stores (the feedback consumer's decision log). None of them decides anything about tickets:
+that is `worker.pipeline`'s and `worker.feedback`'s job.
 """
 
 from __future__ import annotations
@@ -384,6 +387,116 @@ class Source:
 
     async def close(self) -> None:
         """Leave the group (triggers a final revoke) and stop the thread."""
+        if self._consumer is not None:
+            await self._call(self._consumer.close)
+        self._thread.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+class Reader:
+    """A consumer of every partition of some topics, outside any consumer group.
+
+    It commits nothing: the caller stores the position it reached with its own data (the
+    feedback consumer's decision log) and starts from there. All calls run on one thread.
+
+    Args:
+        conf: librdkafka consumer settings (bootstrap.servers, security, ...).
+        topics: the topics to read, every partition of each.
+    """
+
+    def __init__(self, *, conf: Mapping[str, str], topics: Sequence[str]) -> None:
+        self._conf = {
+            **conf,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "enable.partition.eof": "true",
+        }
+        self._conf.setdefault("group.id", "ticket-router-reader")  # required, never joined
+        self._topics = list(topics)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-reader")
+        self._consumer: Consumer | None = None
+        self._assigned: set[TP] = set()
+        self._at_end: set[TP] = set()
+        self._positions: dict[TP, int] = {}
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def start(self, positions: Mapping[TP, int]) -> list[TP]:
+        """Assign every partition of the topics, each at `positions[tp]` (else the beginning).
+
+        Returns:
+            The partitions assigned (a topic that does not exist yet is picked up by
+            `refresh`).
+        """
+        self._positions = dict(positions)
+        await self._call(self._start)
+        return await self.refresh()
+
+    def _start(self) -> None:
+        self._consumer = Consumer({**self._conf, "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka_reader_error", error=err.str(), code=err.code())
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("Reader.start() was not awaited")
+        return self._consumer
+
+    async def refresh(self) -> list[TP]:
+        """Assign partitions that appeared since the last call (new topics, added partitions)."""
+        added: list[TP] = await self._call(self._refresh)
+        return added
+
+    def _refresh(self) -> list[TP]:
+        found: list[TP] = []
+        for topic in self._topics:
+            md = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if md is None or md.error is not None:
+                continue
+            found += [(topic, p) for p in md.partitions if (topic, p) not in self._assigned]
+        if found:
+            self.consumer.incremental_assign(
+                [
+                    TopicPartition(t, p, self._positions.get((t, p), OFFSET_BEGINNING))
+                    for t, p in found
+                ]
+            )
+            self._assigned.update(found)
+            log.info("reader_partitions_assigned", partitions=len(found))
+        return found
+
+    @property
+    def caught_up(self) -> bool:
+        """True once every assigned partition has been read to its end at least once."""
+        return bool(self._assigned) and self._at_end >= self._assigned
+
+    async def poll(self, *, max_records: int, timeout_s: float) -> list[InboundRecord]:
+        """Up to `max_records` records, as soon as one is there or after `timeout_s`."""
+        records: list[InboundRecord] = await self._call(self._poll, max_records, timeout_s)
+        return records
+
+    def _poll(self, max_records: int, timeout_s: float) -> list[InboundRecord]:
+        msgs = self.consumer.consume(num_messages=max_records, timeout=timeout_s)
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                out.append(_to_record(m))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add((m.topic(), m.partition()))
+            elif err.fatal():
+                raise FatalError(f"reader fatal error: {err.str()}")
+            else:
+                log.warning("kafka_read_error", error=err.str(), code=err.code())
+        return out
+
+    async def close(self) -> None:
+        """Close the consumer and stop the thread."""
         if self._consumer is not None:
             await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)

@@ -6,7 +6,10 @@ the pipeline then crashes rather than dead-lettering an outage.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import structlog
+from prometheus_client import Counter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -17,9 +20,14 @@ from tenacity import (
 )
 
 from worker.errors import RetryableError
-from worker.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+
+class Metrics(Protocol):
+    """Where retries are counted: `worker.metrics.Metrics` or the feedback consumer's."""
+
+    retries: Counter
 
 
 def _before_sleep(operation: str, metrics: Metrics):  # type: ignore[no-untyped-def]
