@@ -14,6 +14,8 @@ from loadgen.cli import demo
 from schemas.cli import app as schemas_app
 from worker.cli import broker_app, topics_app, worker
 from worker.feedback_cli import decisions_app, feedback
+from worker.route import route
+from worker.tail import tail
 
 app = typer.Typer(
     name="ticket-router",
@@ -30,6 +32,8 @@ bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=T
 bench_app.command("worker")(bench_worker)
 app.add_typer(bench_app, name="bench")
 app.command("worker")(worker)
+app.command("route")(route)
+app.command("tail")(tail)
 app.command("feedback")(feedback)
 app.add_typer(decisions_app, name="decisions")
 app.command("demo")(demo)

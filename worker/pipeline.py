@@ -120,6 +120,19 @@ def effective_threshold(configured: float | None, recommended: float | None) -> 
     return recommended if recommended is not None else DEFAULT_CONFIDENCE_THRESHOLD
 
 
+def destination(
+    taxonomy: Taxonomy, prediction: Prediction, threshold: float
+) -> tuple[str, Disposition, TriageReason | None]:
+    """Where an answered ticket goes: its queue's topic, or triage below `threshold`.
+
+    Returns:
+        (topic, disposition, triage reason or None).
+    """
+    if prediction.confidence < threshold:
+        return taxonomy.topics.triage, Disposition.TRIAGE, TriageReason.LOW_CONFIDENCE
+    return taxonomy.topic_for(prediction.label), Disposition.ROUTED, None
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """The knobs the pipeline reads (a projection of `worker.config.Settings`)."""
@@ -331,6 +344,7 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(ticket_id=ticket.id)
         prediction = await self._infer(ticket)
         decided_at = _now()
+        reason: TriageReason | None
         if prediction is None:
             decision = RoutingDecision(
                 queue=None,
@@ -355,18 +369,9 @@ class Pipeline:
             )
             self.metrics.inference_duration.observe(prediction.latency_s)
             self.metrics.confidence.observe(prediction.confidence)
-            if prediction.confidence < self.confidence_threshold:
-                topic, disposition, reason = (
-                    self.taxonomy.topics.triage,
-                    Disposition.TRIAGE,
-                    TriageReason.LOW_CONFIDENCE,
-                )
-            else:
-                topic, disposition, reason = (
-                    self.taxonomy.topic_for(prediction.label),
-                    Disposition.ROUTED,
-                    None,
-                )
+            topic, disposition, reason = destination(
+                self.taxonomy, prediction, self.confidence_threshold
+            )
         routed = RoutedTicket(
             ticket=ticket,
             decision=decision,
