@@ -230,12 +230,13 @@ def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: 
 
 
 def test_malformed_payload_prints_the_dead_letter_reason_and_exits_1() -> None:
-    result = _cli(stdin=BAD)
     reason, message = _bad()
-    assert result.returncode == 1
-    assert f"dead-letter ({reason})" in result.stderr.decode()
-    assert str(message) in result.stderr.decode()
-    assert result.stdout == b""
+    for args in ((), ("-",)):
+        result = _cli(*args, stdin=BAD)
+        assert result.returncode == 1
+        assert f"dead-letter ({reason})" in result.stderr.decode()
+        assert str(message) in result.stderr.decode()
+        assert result.stdout == b""
 
 
 def test_usage_and_engine_errors_have_the_workers_exit_codes(tmp_path: Path) -> None:
