@@ -52,6 +52,9 @@ class TrainingInfo(BaseModel):
         build_time_s: wall time of training and saving.
         final_loss: mean classification loss of the last epoch.
         config: the remaining build settings (architecture, optimiser), for the record.
+        validation_examples: training-part rows held back to fit the fusion, the
+            temperature and the threshold, and to choose between candidates (not trained on).
+        validation_fraction: their share of the training part.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -93,6 +96,65 @@ class RoutingCalibration(BaseModel):
     validation_examples: int = Field(default=0, ge=0)
 
 
+class ValidationScores(BaseModel):
+    """One candidate's figures on the validation rows (never trained on, never the test rows).
+
+    Attributes:
+        name: the candidate ("lexical", "smollm2-lora", "smollm2-lora+lexical", ...).
+        accuracy, macro_f1, ece: the usual metrics (ECE over 15 bins).
+        coverage_at_target: share routable at the card's target precision.
+        nll: mean negative log-likelihood of the true label.
+        build_time_s: wall time spent building its parts (None: not measured).
+        tickets_per_s: its neural part's offline throughput through vLLM (None: no neural
+            part, or not measured).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    accuracy: float
+    macro_f1: float
+    ece: float
+    coverage_at_target: float
+    nll: float
+    build_time_s: float | None = None
+    tickets_per_s: float | None = None
+
+
+class FusionInfo(BaseModel):
+    """How the served answer is made from the neural model and the lexical model.
+
+    logits = neural_weight * log p_neural + lexical_weight * lexical decision values;
+    probabilities = softmax(logits) (`expert.fusion`). The lexical model's files
+    (`lexical.json`, `lexical.safetensors`) sit in the expert folder.
+
+    Attributes:
+        neural_weight: weight of the neural log-probabilities (0: not used).
+        lexical_weight: weight of the lexical decision values (0: not used).
+        validation_examples: rows the weights (and the threshold) were fitted on.
+        candidates: every candidate's validation figures, the chosen one included.
+        chosen: the name of the candidate this card serves.
+        neural_alone: the neural model's own calibration (a temperature), for reports.
+        lexical_alone: the lexical model's own calibration, for reports.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    neural_weight: float = Field(ge=0.0)
+    lexical_weight: float = Field(ge=0.0)
+    validation_examples: int = Field(ge=0)
+    candidates: tuple[ValidationScores, ...] = ()
+    chosen: str = ""
+    neural_alone: float | None = None
+    lexical_alone: float | None = None
+
+    @model_validator(mode="after")
+    def _uses_something(self) -> Self:
+        if self.neural_weight <= 0 and self.lexical_weight <= 0:
+            raise ValueError("a fusion needs a positive weight on at least one component")
+        return self
+
+
 class ExpertCard(BaseModel):
     """What a model (or adapter) directory answers, and how it must be prompted.
 
@@ -108,11 +170,16 @@ class ExpertCard(BaseModel):
         prompt_template: instruction template with one `{ticket}` slot; a classifier reads
             the ticket text alone (`{ticket}`).
         max_prompt_tokens: prompts are cut to this many tokens.
+        pooling: how a classifier turns token states into the vector its head reads: "cls"
+            (BERT's [CLS] token, HF's default) or "mean" (over every token, as
+            sentence-transformers models like all-MiniLM-L6-v2 were trained).
         base_model: the base model directory or name; None for a from-scratch model.
         adapter: LoRA details when the directory holds an adapter, else None.
         training: training figures, None when unknown.
         routing: the triage threshold chosen on validation data, None when not calibrated
             (the worker then uses its configured threshold, default 0.5).
+        fusion: how the neural answer is combined with the lexical model's (and calibrated);
+            None: the neural model's probabilities are served as they are.
         created_at: when the card was written.
     """
 
@@ -125,10 +192,12 @@ class ExpertCard(BaseModel):
     label_tokens: dict[str, str] = Field(default_factory=dict)
     prompt_template: str = DEFAULT_TEMPLATE
     max_prompt_tokens: int = Field(ge=8)
+    pooling: Literal["cls", "mean"] = "cls"
     base_model: str | None = None
     adapter: AdapterInfo | None = None
     training: TrainingInfo | None = None
     routing: RoutingCalibration | None = None
+    fusion: FusionInfo | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @model_validator(mode="after")

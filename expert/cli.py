@@ -20,205 +20,203 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Labeled tickets: JSONL or CSV.")]
-TextColOpt = Annotated[
-    str | None, typer.Option("--text-col", help="Text field/column (default: text).")
-]
+TextColOpt = Annotated[str | None, typer.Option("--text-col", help="Text field (default: text).")]
 LabelColOpt = Annotated[
-    str | None, typer.Option("--label-col", help="Label field/column (default: label).")
+    str | None, typer.Option("--label-col", help="Label field (default: label).")
 ]
 
 
-def _mode_problem(*, encoder: bool, lora: bool, base_model: Path | None) -> str | None:
-    """Why the build-mode flags do not go together, or None when they do."""
-    if encoder and lora:
-        return "--encoder and --lora exclude each other"
-    if not encoder and lora != (base_model is not None):
-        return "--lora and --base-model go together"
-    return None
+def _base_kind(base: str) -> str:
+    """ "causal_lm" or "encoder" for a catalogue base or a model folder."""
+    import json
+
+    from expert import bases
+
+    known = bases.spec(base)
+    if known is not None:
+        return known.kind
+    config = Path(base) / "config.json"
+    if not config.is_file():
+        raise typer.BadParameter(
+            f"{base}: neither a known base nor a model folder", param_hint="--base"
+        )
+    model_type = json.loads(config.read_text("utf-8")).get("model_type")
+    return "encoder" if model_type in ("bert", "roberta", "xlm-roberta") else "causal_lm"
+
+
+def _recipe_config(
+    *,
+    config_file: Path | None,
+    flags: dict[str, object],
+    base: str | None,
+    merge: bool,
+) -> object:
+    """RecipeConfig from the advanced YAML file (if any) with the command-line flags on top."""
+    import yaml
+
+    from expert.recipe import RecipeConfig
+
+    data: dict[str, object] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text("utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter(f"{config_file}: not a mapping", param_hint="--config")
+        data.update(loaded)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if base is not None:
+        kind = _base_kind(base)
+        section = "llm" if kind == "causal_lm" else "encoder"
+        sub = dict(data.get(section) or {})  # type: ignore[call-overload]
+        sub["base"] = base
+        if merge and section == "llm":
+            sub["merge"] = True
+        data[section] = sub
+        data["candidates"] = ["llm-lora" if section == "llm" else "encoder"]
+    elif merge:
+        data["llm"] = {**dict(data.get("llm") or {}), "merge": True}  # type: ignore[call-overload]
+    return RecipeConfig.model_validate(data)
 
 
 @app.command("build")
 def build(
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Model (or adapter) directory to write.")],
+    out: Annotated[Path, typer.Option("--out", help="Expert folder (replaced).")],
     text_col: TextColOpt = None,
     label_col: LabelColOpt = None,
     taxonomy: Annotated[
         str | None,
-        typer.Option(
-            "--taxonomy",
-            help="Enforce a taxonomy's labels: a YAML path, or 'default' for the packaged one.",
-        ),
+        typer.Option(help="Taxonomy YAML whose labels to use, or 'default'."),
     ] = None,
-    base_model: Annotated[
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="fast (scratch model), balanced (MiniLM), best (MiniLM vs SmolLM2+LoRA)."
+        ),
+    ] = "best",
+    base: Annotated[
+        str | None,
+        typer.Option(help="Only this base: smollm2, minilm, or a folder (GPU: Mistral-7B)."),
+    ] = None,
+    merge: Annotated[bool, typer.Option(help="Fold the LoRA adapter into the base.")] = False,
+    budget_minutes: Annotated[
+        float | None, typer.Option(min=1, help="Time budget (default: the preset's).")
+    ] = None,
+    target_precision: Annotated[
+        float,
+        typer.Option(min=0.5, max=1.0, help="Routed tickets at least this precise."),
+    ] = 0.95,
+    model_id: Annotated[str | None, typer.Option(help="The expert's name in outputs.")] = None,
+    config_file: Annotated[
         Path | None,
-        typer.Option(
-            "--base-model",
-            help="Base model folder: the LLM under --lora, or the encoder --encoder fine-tunes "
-            "(default there: the packaged all-MiniLM-L6-v2).",
-        ),
+        typer.Option("--config", help="Advanced YAML (shapes, rates: expert.recipe)."),
     ] = None,
-    lora: Annotated[
-        bool, typer.Option("--lora", help="Train a LoRA adapter on --base-model.")
-    ] = False,
-    encoder: Annotated[
-        bool,
-        typer.Option(
-            "--encoder",
-            help="Fine-tune a pretrained encoder (BERT) as a sequence classifier, served by "
-            "vLLM's pooling runner.",
-        ),
-    ] = False,
-    class_weighting: Annotated[
-        str,
-        typer.Option(
-            "--class-weighting",
-            help="With --encoder: loss weight per class: none, sqrt_inverse or inverse.",
-        ),
-    ] = "none",
-    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = 16,
-    model_id: Annotated[str | None, typer.Option("--model-id")] = None,
-    epochs: Annotated[
-        float | None, typer.Option("--epochs", min=0.01, help="Default: 2 (3 with --encoder).")
-    ] = None,
-    hidden_size: Annotated[int, typer.Option("--hidden-size")] = 256,
-    layers: Annotated[int, typer.Option("--layers")] = 4,
-    heads: Annotated[int, typer.Option("--heads")] = 4,
-    intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 512,
-    vocab_size: Annotated[int, typer.Option("--vocab-size")] = 1024,
-    max_prompt_tokens: Annotated[
-        int | None,
-        typer.Option("--max-prompt-tokens", help="Default: 96 (128 with --encoder)."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    learning_rate: Annotated[
-        float | None, typer.Option("--lr", help="Default: 3e-3 (5e-5 with --encoder).")
-    ] = None,
-    lm_loss_weight: Annotated[float, typer.Option("--lm-loss-weight")] = 0.0,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")
-    ] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Training number format: auto (bfloat16 where the CPU runs it natively, else "
-            "float32), bfloat16 or float32.",
-        ),
-    ] = "auto",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
-    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
+    precision: Annotated[str, typer.Option(help="auto, bfloat16 or float32.")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
 ) -> None:
-    """Train an expert: from scratch, a LoRA adapter (--lora --base-model DIR), or a
-    fine-tuned encoder classifier (--encoder [--base-model DIR])."""
+    """Train an expert from labeled tickets (JSONL or CSV), choose and calibrate it on
+    validation rows, and print how each candidate did."""
     from pydantic import ValidationError
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from expert import hardware
-    from expert.build import BuildConfig, BuildError, build_expert, build_lora
+    from expert.build import BuildError
     from expert.dataset import DatasetError
-    from expert.encoder import EncoderConfig, build_classifier
+    from expert.progress import progress
+    from expert.recipe import RecipeConfig
+    from expert.recipe import build as build_recipe
     from schemas.taxonomy import Taxonomy, TaxonomyError
 
     console = Console()
-    if precision not in hardware.REQUESTED_VALUES:
-        console.print(f"[red]--precision must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
-        raise typer.Exit(2)
-    console.print(hardware.describe(hardware.summary(precision, measure=True)))
-    problem = _mode_problem(encoder=encoder, lora=lora, base_model=base_model)
-    if problem is not None:
-        console.print(f"[red]{problem}[/]")
-        raise typer.Exit(2)
     try:
+        config = _recipe_config(
+            config_file=config_file,
+            flags={
+                "preset": preset,
+                "budget_minutes": budget_minutes,
+                "target_precision": target_precision,
+                "model_id": model_id,
+                "precision": precision,
+                "num_threads": threads,
+            },
+            base=base,
+            merge=merge,
+        )
         labels = None
         if taxonomy is not None:
             labels = Taxonomy.load(None if taxonomy == "default" else taxonomy).labels
-    except TaxonomyError as exc:
+    except (ValidationError, TaxonomyError, OSError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    shared = {
-        "model_id": model_id,
-        "batch_size": batch_size,
-        "seed": seed,
-        "split_seed": split_seed,
-        "test_fraction": test_fraction,
-        "num_threads": threads,
-        "precision": precision,
-    }
-    # Unset flags keep each builder's own defaults.
-    given = {
-        k: v
-        for k, v in {
-            "epochs": epochs,
-            "max_prompt_tokens": max_prompt_tokens,
-            "learning_rate": learning_rate,
-        }.items()
-        if v is not None
-    }
+    assert isinstance(config, RecipeConfig)
+    console.print(hardware.describe(hardware.summary(config.precision, measure=True)))
     try:
-        config: BuildConfig | EncoderConfig
-        if encoder:
-            config = EncoderConfig(**shared, **given, class_weighting=class_weighting)
-        else:
-            config = BuildConfig(
-                **shared,
-                **given,
-                hidden_size=hidden_size,
-                num_layers=layers,
-                num_heads=heads,
-                intermediate_size=intermediate_size,
-                vocab_size=vocab_size,
-                lm_loss_weight=lm_loss_weight,
-                lora_rank=lora_rank,
-            )
-    except ValidationError as exc:
+        report = build_recipe(
+            data,
+            out,
+            text_col=text_col or "text",
+            label_col=label_col or "label",
+            config=config,
+            taxonomy_labels=labels,
+            on_event=lambda message: console.print(f"[bold]build:[/] {message}"),
+            progress_for=lambda label: progress(label),
+        )
+    except (BuildError, DatasetError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    columns = (
-        TextColumn("[bold]training"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+    _print_build(console, report)
+
+
+def _print_build(console: object, report: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from expert.recipe import BuildReport
+
+    assert isinstance(console, Console) and isinstance(report, BuildReport)
+    card = report.card
+    assert card is not None and card.routing is not None
+    table = Table(
+        title=f"candidates on {report.validation_examples} validation tickets "
+        f"(fitted on {report.fit_examples}; {report.test_examples} held out for `expert eval`)"
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("train", total=None, loss=float("nan"))
-
-        def on_progress(step: int, total: int, loss: float) -> None:
-            progress.update(task, completed=step, total=total, loss=loss)
-
-        common = {
-            "text_col": text_col or "text",
-            "label_col": label_col or "label",
-            "config": config,
-            "taxonomy_labels": labels,
-            "on_progress": on_progress,
-        }
-        try:
-            if encoder:
-                card = build_classifier(data, out, base_dir=base_model, **common)  # type: ignore[arg-type]
-            elif base_model is not None:
-                card = build_lora(data, out, base_dir=base_model, **common)  # type: ignore[arg-type]
-            else:
-                card = build_expert(data, out, **common)  # type: ignore[arg-type]
-        except (BuildError, DatasetError) as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(2) from exc
-    t = card.training
-    assert t is not None  # build always records its training
+    for column in (
+        "candidate",
+        "accuracy",
+        "macro-F1",
+        "ECE",
+        "coverage@target",
+        "build s",
+        "tickets/s",
+    ):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for row in report.scores:
+        mark = (
+            " (chosen)"
+            if row.name == report.chosen
+            else (" (reference)" if row.name == "lexical" else "")
+        )
+        table.add_row(
+            row.name + mark,
+            f"{row.accuracy:.3f}",
+            f"{row.macro_f1:.3f}",
+            f"{row.ece:.3f}",
+            f"{row.coverage_at_target:.3f}",
+            "-" if row.build_time_s is None else f"{row.build_time_s:.0f}",
+            "-" if row.tickets_per_s is None else f"{row.tickets_per_s:.0f}",
+        )
+    console.print(table)
+    for name, reason in report.skipped.items():
+        console.print(f"[yellow]skipped {name}:[/] {reason}")
+    routing = card.routing
+    threshold = (
+        "none reached it"
+        if routing.confidence_threshold is None
+        else f"{routing.confidence_threshold:.3f}"
+    )
     console.print(
-        f"[green]built[/] {card.model_id} -> {out}: {len(card.labels)} labels, "
-        f"{t.parameters:,} trainable / {t.total_parameters:,} parameters, "
-        f"{t.train_examples} train / {t.test_examples} held out, "
-        f"final loss {t.final_loss:.3f}, {t.build_time_s:.0f} s"
+        f"[green]built[/] {card.model_id}: {report.chosen}, {len(card.labels)} labels, "
+        f"{report.seconds:.0f} s; triage threshold for {routing.target_precision:.0%} precision: "
+        f"{threshold} (routes {routing.validation_coverage:.1%} of validation tickets)"
     )
 
 
@@ -242,7 +240,13 @@ def evaluate_command(
 
     from expert import hardware
     from expert.engine import ExpertLoadError, load_card
-    from expert.evaluate import evaluate, resolve_engine_config, summary_rows
+    from expert.evaluate import (
+        card_threshold_line,
+        evaluate,
+        resolve_engine_config,
+        summary_columns,
+        summary_rows,
+    )
 
     console = Console()
     if dtype not in hardware.REQUESTED_VALUES:
@@ -264,11 +268,13 @@ def evaluate_command(
         title=f"{report.model_id} vs TF-IDF + LinearSVC: {report.test_examples} held-out tickets"
     )
     table.add_column("metric")
-    table.add_column(f"expert ({report.model_id})", justify="right")
-    table.add_column("TF-IDF + LinearSVC", justify="right")
+    for column in summary_columns(report):
+        table.add_column(column, justify="right")
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
+    if (line := card_threshold_line(report)) is not None:
+        console.print(line)
     if report.engine:
         cpu = report.engine.get("cpu")
         console.print(

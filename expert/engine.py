@@ -29,8 +29,10 @@ import pydantic
 import structlog
 from pydantic import ValidationError
 
-from expert import hardware
+from expert import bases, hardware
 from expert.card import CARD_FILENAME, ExpertCard
+from expert.fusion import FusionWeights, combine
+from expert.lexical import LexicalError, LexicalModel
 from expert.prompt import classifier_token_ids, prompt_token_ids
 
 log = structlog.get_logger(__name__)
@@ -49,12 +51,15 @@ class Prediction:
         confidence: probability of `label`, normalised over the labels.
         probabilities: every label -> probability; sums to 1.
         latency_s: submit -> answer, seconds.
+        neural_probabilities: the neural model's own probabilities when the served answer
+            is a fusion (for reports); None otherwise.
     """
 
     label: str
     confidence: float
     probabilities: dict[str, float]
     latency_s: float
+    neural_probabilities: dict[str, float] | None = None
 
 
 class ExpertLoadError(Exception):
@@ -106,6 +111,7 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
     max_model_len: int = 512
     cache_dir: Path = Path(".state/vllm-cache")
     cpu_threads: int | None = pydantic.Field(default=None, ge=1)
+    bases_dir: Path = bases.DEFAULT_BASES_DIR
 
 
 def load_card(model_dir: Path) -> ExpertCard:
@@ -219,16 +225,16 @@ def _output_probabilities(
     return label_probabilities(card, completions[0].logprobs[0], label_token_ids)
 
 
-def _prediction(
-    card: ExpertCard, output: Any, label_token_ids: Sequence[int], latency_s: float
-) -> Prediction:
-    probabilities = _output_probabilities(card, output, label_token_ids)
+def _prediction(loaded: _Loaded, output: Any, latency_s: float, lexical_row: Any) -> Prediction:
+    neural = _output_probabilities(loaded.card, output, loaded.label_token_ids)
+    probabilities = loaded.finish(neural, lexical_row)
     label = max(probabilities, key=probabilities.__getitem__)
     return Prediction(
         label=label,
         confidence=probabilities[label],
         probabilities=probabilities,
         latency_s=latency_s,
+        neural_probabilities=neural if loaded.card.fusion is not None else None,
     )
 
 
@@ -347,38 +353,92 @@ class _Loaded:
         self.config = config
         self.placement = engine_placement(config, streaming=streaming)
         self.base_card: ExpertCard | None = None
+        self.model_dir = Path(config.model_dir)
+        self.adapter_dir = Path(config.adapter_dir) if config.adapter_dir is not None else None
         self.card = self._read_cards()
+        self.lexical = self._read_lexical()
         self.lora_request: Any = None
         self.label_token_ids: list[int] = []
         self.tokenizer: Any = None
         self.params: Any = None
 
+    @property
+    def expert_dir(self) -> Path:
+        """The folder whose card is served (the adapter's folder when serving an adapter)."""
+        return self.adapter_dir if self.adapter_dir is not None else self.model_dir
+
+    def _serve_adapter_on_its_base(self) -> None:
+        """An adapter expert given as the model is served on the base its card names."""
+        if self.adapter_dir is not None or not (self.model_dir / CARD_FILENAME).is_file():
+            return
+        card = load_card(self.model_dir)
+        if card.adapter is None or card.base_model is None:
+            return  # a full model (an adapter card without a base fails validation)
+        try:
+            base = bases.resolve(card.base_model, bases_dir=self.config.bases_dir)
+        except bases.BaseModelError as exc:
+            raise ExpertLoadError(f"{self.model_dir}: {exc}") from exc
+        self.model_dir, self.adapter_dir = base, self.model_dir
+
     def _read_cards(self) -> ExpertCard:
-        model_dir = self.config.model_dir
-        if not (Path(model_dir) / "config.json").is_file():
-            if not Path(model_dir).is_dir():
+        self._serve_adapter_on_its_base()
+        model_dir = self.model_dir
+        if not (model_dir / "config.json").is_file():
+            if not model_dir.is_dir():
                 raise ExpertLoadError(f"{model_dir}: expert directory does not exist")
             raise ExpertLoadError(f"{model_dir}: no config.json, not a model directory")
-        if self.config.adapter_dir is None:
+        if self.adapter_dir is None:
             card = load_card(model_dir)
-            if card.adapter is not None:
-                raise ExpertLoadError(
-                    f"{model_dir}: holds a LoRA adapter; serve it as adapter_dir on top of "
-                    f"its base model {card.base_model}"
-                )
             if card.is_classifier:
-                _check_classifier_head(Path(model_dir), card)
+                _check_classifier_head(model_dir, card)
             return card
-        if (Path(model_dir) / CARD_FILENAME).is_file():
+        if (model_dir / CARD_FILENAME).is_file():
             self.base_card = load_card(model_dir)
             if self.base_card.is_classifier:
                 raise ExpertLoadError(f"{model_dir}: a classifier takes no LoRA adapter")
-        card = load_card(self.config.adapter_dir)
+        card = load_card(self.adapter_dir)
         if card.adapter is None:
-            raise ExpertLoadError(f"{self.config.adapter_dir}: card describes no LoRA adapter")
-        if not (Path(self.config.adapter_dir) / "adapter_config.json").is_file():
-            raise ExpertLoadError(f"{self.config.adapter_dir}: no adapter_config.json")
+            raise ExpertLoadError(f"{self.adapter_dir}: card describes no LoRA adapter")
+        if not (self.adapter_dir / "adapter_config.json").is_file():
+            raise ExpertLoadError(f"{self.adapter_dir}: no adapter_config.json")
         return card
+
+    def _read_lexical(self) -> LexicalModel | None:
+        fusion = self.card.fusion
+        if fusion is None or fusion.lexical_weight <= 0:
+            return None
+        try:
+            lexical = LexicalModel.load(self.expert_dir)
+        except LexicalError as exc:
+            raise ExpertLoadError(
+                f"{self.expert_dir}: the card fuses a lexical model: {exc}"
+            ) from exc
+        if lexical.labels != self.card.labels:
+            raise ExpertLoadError(
+                f"{self.expert_dir}: the lexical model's labels differ from the card's"
+            )
+        return lexical
+
+    def lexical_scores(self, texts: Sequence[str]) -> Any:
+        """The lexical model's decision values for `texts` (None: the card fuses none)."""
+        return self.lexical.scores(texts) if self.lexical is not None else None
+
+    def finish(self, neural: dict[str, float], lexical_row: Any) -> dict[str, float]:
+        """The served probabilities: the neural ones as they are, or fused per the card."""
+        fusion = self.card.fusion
+        if fusion is None:
+            return neural
+        import numpy as np
+
+        weights = FusionWeights(
+            neural_weight=fusion.neural_weight, lexical_weight=fusion.lexical_weight
+        )
+        fused = combine(
+            weights,
+            neural_probabilities=np.asarray([[neural[label] for label in self.card.labels]]),
+            lexical_scores=None if lexical_row is None else np.asarray([lexical_row]),
+        )[0]
+        return {label: float(p) for label, p in zip(self.card.labels, fused, strict=True)}
 
     def engine_kwargs(self) -> dict[str, Any]:
         card = self.card
@@ -390,9 +450,12 @@ class _Loaded:
                 f"max_model_len={self.config.max_model_len}"
             )
         if card.is_classifier:
+            # Called after the vLLM environment defaults are set: importing vllm is safe here.
+            from vllm.config import PoolerConfig
+
             return {
-                "model": str(self.config.model_dir),
-                "tokenizer": str(self.config.model_dir),
+                "model": str(self.model_dir),
+                "tokenizer": str(self.model_dir),
                 "runner": "pooling",
                 "dtype": self.placement.dtype,
                 "max_model_len": self.config.max_model_len,
@@ -400,10 +463,12 @@ class _Loaded:
                 "kv_cache_memory_bytes": int(self.config.kv_cache_gib * 2**30),
                 "enforce_eager": True,
                 "seed": 0,
+                # The pooling the classifier was trained with (BERT's default is [CLS]).
+                "pooler_config": PoolerConfig(pooling_type=card.pooling.upper()),
             }
         kwargs: dict[str, Any] = {
-            "model": str(self.config.model_dir),
-            "tokenizer": str(self.config.model_dir),
+            "model": str(self.model_dir),
+            "tokenizer": str(self.model_dir),
             "dtype": self.placement.dtype,
             "max_model_len": self.config.max_model_len,
             "max_num_seqs": self.config.max_num_seqs,
@@ -446,11 +511,11 @@ class _Loaded:
             structured_outputs=StructuredOutputsParams(choice=self.card.label_token_list),
             logprob_token_ids=ids,
         )
-        if self.config.adapter_dir is not None:
+        if self.adapter_dir is not None:
             self.lora_request = LoRARequest(
                 lora_name=self.card.model_id,
                 lora_int_id=1,
-                lora_path=str(Path(self.config.adapter_dir).resolve()),
+                lora_path=str(self.adapter_dir.resolve()),
             )
 
     def prompt(self, text: str) -> dict[str, list[int]]:
@@ -495,7 +560,7 @@ class StreamingExpert:
     def model_id(self) -> str:
         """The base model's id (the adapter's card names it when serving an adapter)."""
         loaded = self._require_loaded()
-        if loaded.config.adapter_dir is None:
+        if loaded.adapter_dir is None:
             return loaded.card.model_id
         if loaded.base_card is not None:
             return loaded.base_card.model_id
@@ -505,7 +570,7 @@ class StreamingExpert:
     def adapter_id(self) -> str | None:
         """The served adapter's id, or None."""
         loaded = self._require_loaded()
-        return loaded.card.model_id if loaded.config.adapter_dir is not None else None
+        return loaded.card.model_id if loaded.adapter_dir is not None else None
 
     @property
     def recommended_threshold(self) -> float | None:
@@ -525,8 +590,8 @@ class StreamingExpert:
             ExpertLoadError: the model cannot be loaded.
         """
         loaded = _Loaded(self._config, streaming=True)
-        kwargs = loaded.engine_kwargs()
         _set_env_defaults(self._config, loaded.placement, in_process=False)
+        kwargs = loaded.engine_kwargs()
         started = time.perf_counter()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -584,6 +649,7 @@ class StreamingExpert:
             raise EngineFailure("the engine is not running")
         prompt = loaded.prompt(text)
         started = time.perf_counter()
+        lexical = loaded.lexical_scores([text])
         final = None
         self._in_flight += 1
         try:
@@ -606,7 +672,7 @@ class StreamingExpert:
         finally:
             self._in_flight -= 1
         return _prediction(
-            loaded.card, final, loaded.label_token_ids, time.perf_counter() - started
+            loaded, final, time.perf_counter() - started, None if lexical is None else lexical[0]
         )
 
     def load(self) -> tuple[int, int]:
@@ -652,8 +718,8 @@ class BatchExpert:
             ExpertLoadError: the model cannot be loaded.
         """
         loaded = _Loaded(self._config, streaming=False)
-        kwargs = loaded.engine_kwargs()
         _set_env_defaults(self._config, loaded.placement, in_process=True)
+        kwargs = loaded.engine_kwargs()
         started = time.perf_counter()
         from vllm import LLM
 
@@ -707,6 +773,7 @@ class BatchExpert:
         loaded = self._loaded
         prompts = [loaded.prompt(text) for text in texts]
         started = time.perf_counter()
+        lexical = loaded.lexical_scores(texts)
         if loaded.card.is_classifier:
             outputs = self._llm.classify(prompts, pooling_params=loaded.params, use_tqdm=False)
         else:
@@ -716,7 +783,10 @@ class BatchExpert:
         latency_s = time.perf_counter() - started
         if len(outputs) != len(texts):
             raise EngineFailure(f"{len(texts)} prompts submitted, {len(outputs)} answered")
-        return [_prediction(loaded.card, out, loaded.label_token_ids, latency_s) for out in outputs]
+        return [
+            _prediction(loaded, out, latency_s, None if lexical is None else lexical[i])
+            for i, out in enumerate(outputs)
+        ]
 
     def close(self) -> None:
         """Release the in-process engine (idempotent)."""

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -25,7 +26,8 @@ from expert.dataset import (
     read_examples,
     split,
 )
-from expert.engine import BatchExpert, EngineConfig, load_card
+from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
+from expert.lexical import LexicalModel, has_lexical
 from expert.metrics import (
     TARGET_PRECISION,
     CurvePoint,
@@ -87,6 +89,12 @@ class EvalReport(BaseModel):
     expert: ModelScores
     baseline: ModelScores
     engine: dict[str, object] | None = None  # EnginePlacement: dtype, threads, CPU kind
+    # The served expert's parts scored alone on the same rows (a fused expert only).
+    components: list[ModelScores] = []
+    # Precision and coverage on the test rows at the threshold the card chose on validation.
+    card_threshold: float | None = None
+    card_threshold_precision: float | None = None
+    card_threshold_coverage: float | None = None
 
 
 def score(
@@ -198,9 +206,8 @@ def baseline_predictions(
 
 
 def resolve_engine_config(model_dir: Path, card: ExpertCard, **overrides: object) -> EngineConfig:
-    """Engine settings for `model_dir`: an adapter directory is served on its base model."""
-    if card.adapter is not None and card.base_model is not None:
-        return EngineConfig(model_dir=Path(card.base_model), adapter_dir=model_dir, **overrides)  # type: ignore[arg-type]
+    """Engine settings for `model_dir` (an adapter expert is served on the base its card
+    names: the engine resolves it)."""
     return EngineConfig(model_dir=model_dir, **overrides)  # type: ignore[arg-type]
 
 
@@ -291,6 +298,11 @@ def evaluate(
             "temperature fitted on 10% of train",
         }
     )
+    components = component_scores(
+        Path(model_dir), card, truth=truth, texts=parts.test.texts, predictions=predictions
+    )
+    threshold = card.routing.confidence_threshold if card.routing is not None else None
+    at_threshold = _at_threshold(predictions, truth, threshold)
     report = EvalReport(
         model_dir=str(model_dir),
         model_id=card.model_id,
@@ -305,6 +317,10 @@ def evaluate(
         expert=expert_scores,
         baseline=baseline_scores,
         engine=placement,
+        components=components,
+        card_threshold=threshold,
+        card_threshold_precision=at_threshold[0],
+        card_threshold_coverage=at_threshold[1],
     )
     write_report(report, Path(out_dir))
     log.info(
@@ -317,6 +333,71 @@ def evaluate(
     return report
 
 
+def _at_threshold(
+    predictions: Sequence[Prediction], truth: Sequence[str], threshold: float | None
+) -> tuple[float | None, float | None]:
+    """(precision, coverage) of the tickets at or above `threshold` (None: no threshold)."""
+    if threshold is None:
+        return None, None
+    routed = [
+        p.label == t for p, t in zip(predictions, truth, strict=True) if p.confidence >= threshold
+    ]
+    coverage = len(routed) / max(1, len(truth))
+    return (sum(routed) / len(routed) if routed else None), coverage
+
+
+def _softmax_power(matrix: Any, weight: float) -> Any:
+    import numpy as np
+
+    z = weight * matrix
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def component_scores(
+    expert_dir: Path,
+    card: ExpertCard,
+    *,
+    truth: Sequence[str],
+    texts: Sequence[str],
+    predictions: Sequence[Prediction],
+) -> list[ModelScores]:
+    """The fused expert's neural model and lexical model scored alone on the same rows, each
+    with its own calibration from the card (empty when the card fuses nothing)."""
+    import numpy as np
+
+    fusion = card.fusion
+    if fusion is None:
+        return []
+    out: list[ModelScores] = []
+    labels = list(card.labels)
+    if all(p.neural_probabilities is not None for p in predictions) and predictions:
+        neural = np.asarray(
+            [[p.neural_probabilities[x] for x in labels] for p in predictions]  # type: ignore[index]
+        )
+        probs = _softmax_power(np.log(np.clip(neural, 1e-12, 1)), fusion.neural_alone or 1.0)
+        out.append(_matrix_scores("neural alone", probs, labels, truth))
+    if has_lexical(expert_dir):
+        lexical = LexicalModel.load(expert_dir).scores(texts)
+        probs = _softmax_power(lexical, fusion.lexical_alone or 1.0)
+        out.append(_matrix_scores("lexical alone", probs, labels, truth))
+    return out
+
+
+def _matrix_scores(
+    name: str, probabilities: Any, labels: Sequence[str], truth: Sequence[str]
+) -> ModelScores:
+    best = probabilities.argmax(axis=1)
+    return score(
+        name,
+        labels=labels,
+        truth=truth,
+        predicted=[labels[i] for i in best],
+        confidences=[float(c) for c in probabilities.max(axis=1)],
+    ).model_copy(update={"notes": "calibrated alone on the validation rows"})
+
+
 def write_report(report: EvalReport, out_dir: Path) -> None:
     """Write report.json, report.md, reliability.png, coverage.png and confusion PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -325,9 +406,19 @@ def write_report(report: EvalReport, out_dir: Path) -> None:
     _plots(report, out_dir)
 
 
-def summary_rows(report: EvalReport) -> list[tuple[str, str, str]]:
-    """(metric, expert, baseline) rows shared by the Markdown report and the CLI table."""
-    e, b = report.expert, report.baseline
+def summary_columns(report: EvalReport) -> list[str]:
+    """Column titles of `summary_rows`: the served expert, its parts alone, the baseline."""
+    return [
+        f"expert ({report.model_id})",
+        *(c.name for c in report.components),
+        "TF-IDF + LinearSVC",
+    ]
+
+
+def summary_rows(report: EvalReport) -> list[tuple[str, ...]]:
+    """(metric, expert, components..., baseline) rows shared by the Markdown report and the
+    CLI table."""
+    models = [report.expert, *report.components, report.baseline]
 
     def pct(x: float) -> str:
         return f"{x:.3f}"
@@ -336,22 +427,30 @@ def summary_rows(report: EvalReport) -> list[tuple[str, str, str]]:
         return "—" if x is None else format(x, fmt)
 
     return [
-        ("accuracy", pct(e.accuracy), pct(b.accuracy)),
-        ("macro-F1", pct(e.macro_f1), pct(b.macro_f1)),
-        ("ECE (15 bins)", pct(e.ece), pct(b.ece)),
+        ("accuracy", *(pct(m.accuracy) for m in models)),
+        ("macro-F1", *(pct(m.macro_f1) for m in models)),
+        ("ECE (15 bins)", *(pct(m.ece) for m in models)),
         (
             f"coverage at >= {report.target_precision:.0%} precision",
-            pct(e.coverage_at_target_precision),
-            pct(b.coverage_at_target_precision),
+            *(pct(m.coverage_at_target_precision) for m in models),
         ),
-        (
-            "threshold for it",
-            opt(e.threshold_at_target_precision, ".3f"),
-            opt(b.threshold_at_target_precision, ".3f"),
-        ),
-        ("throughput (tickets/s)", opt(e.tickets_per_s, ".0f"), "—"),
-        ("build/fit time (s)", opt(e.build_time_s, ".0f"), opt(b.build_time_s, ".1f")),
+        ("threshold for it", *(opt(m.threshold_at_target_precision, ".3f") for m in models)),
+        ("throughput (tickets/s)", *(opt(m.tickets_per_s, ".0f") for m in models)),
+        ("build/fit time (s)", *(opt(m.build_time_s, ".1f") for m in models)),
     ]
+
+
+def card_threshold_line(report: EvalReport) -> str | None:
+    """Precision and coverage on the test rows at the threshold the card chose on validation."""
+    if report.card_threshold is None:
+        return None
+    precision = report.card_threshold_precision
+    return (
+        f"At the card's triage threshold {report.card_threshold:.3f} (chosen on validation rows "
+        f"for the target precision): precision {'—' if precision is None else f'{precision:.3f}'}"
+        f", coverage {report.card_threshold_coverage or 0:.3f} of the test tickets routed "
+        "automatically."
+    )
 
 
 def render_markdown(report: EvalReport) -> str:
@@ -364,10 +463,11 @@ def render_markdown(report: EvalReport) -> str:
         f"test fraction {report.test_fraction}); {len(report.labels)} labels.",
         "",
         *_engine_lines(report),
-        f"| metric | expert (`{report.model_id}`) | TF-IDF + LinearSVC |",
-        "|---|---|---|",
-        *(f"| {m} | {e} | {b} |" for m, e, b in summary_rows(report)),
+        "| metric | " + " | ".join(summary_columns(report)) + " |",
+        "|---" * (len(summary_columns(report)) + 1) + "|",
+        *("| " + " | ".join(row) + " |" for row in summary_rows(report)),
         "",
+        *([line, ""] if (line := card_threshold_line(report)) else []),
         "## Per queue (precision / recall / support)",
         "",
         "| queue | expert P | expert R | SVM P | SVM R | support |",

@@ -4,11 +4,14 @@ Owns the fusion rule, fitting its weights on validation rows, and choosing the t
 threshold for a target precision. Pure numpy/scipy: no model library, no I/O.
 
 The rule is a log-linear pool: for each ticket, logits = a * log p_neural + b * s_lexical
-(the lexical model's decision values), probabilities = softmax(logits). `a` and `b` are
-fitted together by minimising the negative log-likelihood of the validation labels, so they
-are both the mixing weights and the temperature (1 / (a + b)); b = 0 is the neural model
-alone, calibrated; a = 0 the lexical model alone. Fitting on rows no component was trained on
-is what makes the weights and the confidence honest.
+(the lexical model's decision values), probabilities = softmax(logits); b = 0 is the neural
+model alone, a = 0 the lexical model alone. The weights are fitted on validation rows in two
+stages: (1) each component gets its own temperature (negative log-likelihood), then the mix
+of the two calibrated components is chosen by validation accuracy + macro-F1 (what routing
+is judged on: a pure log-likelihood fit let a confident majority-class model drag rare
+queues' tickets to the big queue); (2) one temperature for the mix, by log-likelihood, so
+the confidence the triage threshold reads is calibrated. Fitting on rows no component was
+trained on is what makes the weights and the confidence honest.
 """
 
 from __future__ import annotations
@@ -92,34 +95,9 @@ def negative_log_likelihood(z: np.ndarray, y: np.ndarray) -> float:
     return float(-_log_softmax(z)[np.arange(len(y)), y].mean())
 
 
-def fit_weights(
-    y: Sequence[int],
-    *,
-    neural_probabilities: np.ndarray | None = None,
-    lexical_scores: np.ndarray | None = None,
-) -> FusionWeights:
-    """Fit the pool's weights on validation rows (labels `y` as column indices).
-
-    Give one component to calibrate it alone (a temperature), both to fuse them.
-
-    Raises:
-        ValueError: no component given, or shapes disagree.
-    """
+def _fit_scale(parts: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Weights minimising the validation NLL of softmax(sum w_i * part_i), w_i >= 0."""
     from scipy.optimize import minimize
-
-    labels = np.asarray(y, dtype=np.int64)
-    parts: list[np.ndarray] = []
-    names: list[str] = []
-    if neural_probabilities is not None:
-        parts.append(_safe_log(np.asarray(neural_probabilities, dtype=np.float64)))
-        names.append("neural")
-    if lexical_scores is not None:
-        parts.append(np.asarray(lexical_scores, dtype=np.float64))
-        names.append("lexical")
-    if not parts:
-        raise ValueError("fit_weights needs at least one component")
-    if any(p.shape != parts[0].shape or p.shape[0] != len(labels) for p in parts):
-        raise ValueError("every component needs one row per label in y, same columns")
 
     def objective(w: np.ndarray) -> float:
         return negative_log_likelihood(sum(wi * p for wi, p in zip(w, parts, strict=True)), labels)
@@ -130,8 +108,57 @@ def fit_weights(
         bounds=[(0.0, MAX_WEIGHT)] * len(parts),
         method="L-BFGS-B",
     )
-    fitted = dict(zip(names, (float(v) for v in result.x), strict=True))
+    return np.asarray(result.x, dtype=np.float64)
+
+
+def _routing_score(z: np.ndarray, labels: np.ndarray) -> float:
+    """Validation accuracy + macro-F1 (over the labels present) of argmax(z)."""
+    from sklearn.metrics import f1_score
+
+    predicted = z.argmax(axis=1)
+    present = sorted(set(labels.tolist()))
+    macro_f1 = f1_score(labels, predicted, average="macro", labels=present, zero_division=0)
+    return float((predicted == labels).mean() + macro_f1)
+
+
+def fit_weights(
+    y: Sequence[int],
+    *,
+    neural_probabilities: np.ndarray | None = None,
+    lexical_scores: np.ndarray | None = None,
+    mix_steps: int = 40,
+) -> FusionWeights:
+    """Fit the pool's weights on validation rows (labels `y` as column indices).
+
+    Give one component to calibrate it alone (a temperature), both to fuse them.
+
+    Raises:
+        ValueError: no component given, or shapes disagree.
+    """
+    labels = np.asarray(y, dtype=np.int64)
+    neural = None if neural_probabilities is None else _safe_log(neural_probabilities)
+    lexical = None if lexical_scores is None else np.asarray(lexical_scores, dtype=np.float64)
+    parts = [p for p in (neural, lexical) if p is not None]
+    if not parts:
+        raise ValueError("fit_weights needs at least one component")
+    if any(p.shape != parts[0].shape or p.shape[0] != len(labels) for p in parts):
+        raise ValueError("every component needs one row per label in y, same columns")
+    if neural is None or lexical is None:
+        (scale,) = _fit_scale(parts, labels)
+        return FusionWeights(
+            neural_weight=round(float(scale), 6) if neural is not None else 0.0,
+            lexical_weight=round(float(scale), 6) if lexical is not None else 0.0,
+        )
+    (a,) = _fit_scale([neural], labels)
+    (b,) = _fit_scale([lexical], labels)
+    calibrated_n, calibrated_l = a * neural, b * lexical
+    # Ties go to the mix nearest an even split (the middle of a flat optimum).
+    mixes = sorted(np.linspace(0.0, 1.0, mix_steps + 1), key=lambda r: abs(r - 0.5))
+    best = max(
+        mixes, key=lambda r: _routing_score(r * calibrated_n + (1 - r) * calibrated_l, labels)
+    )
+    (scale,) = _fit_scale([best * calibrated_n + (1 - best) * calibrated_l], labels)
     return FusionWeights(
-        neural_weight=round(fitted.get("neural", 0.0), 6),
-        lexical_weight=round(fitted.get("lexical", 0.0), 6),
+        neural_weight=round(float(scale * best * a), 6),
+        lexical_weight=round(float(scale * (1 - best) * b), 6),
     )

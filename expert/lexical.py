@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 LEXICAL_JSON = "lexical.json"
 LEXICAL_WEIGHTS = "lexical.safetensors"
 LEXICAL_FORMAT_VERSION = 1
-# Decision value given to labels the training rows never showed (a finite "impossible":
-# fusion multiplies scores by weights that may be 0, and 0 * -inf is NaN).
-UNSEEN_LABEL_SCORE = -1.0e4
+# A label the training rows never showed scores this much below the lowest bias of the
+# labels they did show: unlikely, but on the same scale (an extreme value would dominate
+# the validation log-likelihood the fusion and its temperature are fitted on).
+UNSEEN_LABEL_MARGIN = 1.0
 
 
 class LexicalError(ValueError):
@@ -116,7 +117,8 @@ class LexicalModel:
     ) -> LexicalModel:
         """Fit on `texts` (labelled `text_labels`); scores come out in `labels` order.
 
-        Labels absent from `text_labels` score `UNSEEN_LABEL_SCORE`.
+        Labels absent from `text_labels` get no weights and a bias `UNSEEN_LABEL_MARGIN`
+        below the lowest bias of the others.
 
         Raises:
             LexicalError: fewer than two distinct labels, or labels outside `labels`.
@@ -142,7 +144,7 @@ class LexicalModel:
             coef = np.vstack([-coef[0], coef[0]])
             intercept = np.array([-intercept[0], intercept[0]])
         weights = np.zeros((len(labels), features.shape[1]), dtype=np.float32)
-        biases = np.full(len(labels), UNSEEN_LABEL_SCORE, dtype=np.float32)
+        biases = np.full(len(labels), intercept.min() - UNSEEN_LABEL_MARGIN, dtype=np.float32)
         index = {label: i for i, label in enumerate(labels)}
         for row, label in enumerate(classes):
             weights[index[label]] = coef[row]

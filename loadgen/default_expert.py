@@ -21,14 +21,16 @@ DEFAULT_CORPUS_SEED = 0
 
 
 def is_current(model_dir: Path, taxonomy: Taxonomy) -> bool:
-    """True when `model_dir` holds an expert answering exactly the taxonomy's queues."""
+    """True when `model_dir` holds an expert answering exactly the taxonomy's queues, built
+    by the current recipe (fused with its lexical model and calibrated on validation rows)."""
     from expert.engine import ExpertLoadError, check_labels, load_card
 
     try:
-        check_labels(load_card(model_dir), taxonomy.labels)
+        card = load_card(model_dir)
+        check_labels(card, taxonomy.labels)
     except ExpertLoadError:
         return False
-    return True
+    return card.fusion is not None and card.routing is not None
 
 
 def ensure_default_expert(
@@ -40,11 +42,12 @@ def ensure_default_expert(
 ) -> Path:
     """Return `model_dir`, building the default expert there first if it is missing or stale.
 
-    The build trains the ~2.9M-parameter Llama from scratch on `n` synthetic tickets (a few
-    minutes on two cores) with a progress bar; later calls reuse it.
+    The build is `expert build --preset fast` on `n` synthetic tickets: a ~2.9M-parameter
+    Llama from scratch fused with the lexical model, calibrated on validation rows (a few
+    minutes on two cores), with progress lines; later calls reuse it.
     """
-    from expert.build import BuildConfig, build_expert
     from expert.progress import progress
+    from expert.recipe import Preset, RecipeConfig, build
     from loadgen.corpus import generate, write_jsonl
 
     tax = taxonomy or Taxonomy.load()
@@ -54,13 +57,19 @@ def ensure_default_expert(
     corpus = model_dir.parent / f"default-corpus-{n}-{seed}.jsonl"
     corpus.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(generate(n, seed=seed), corpus)
-    with progress("building the default expert") as on_progress:
-        build_expert(
-            corpus,
-            model_dir,
-            config=BuildConfig(model_id="default-expert"),
-            taxonomy_labels=tax.labels,
-            on_progress=on_progress,
-        )
-    log.info("default_expert_built", model_dir=str(model_dir), tickets=n)
+    report = build(
+        corpus,
+        model_dir,
+        config=RecipeConfig(model_id="default-expert", preset=Preset.FAST),
+        taxonomy_labels=tax.labels,
+        on_event=lambda message: log.info("default_expert_build", step=message),
+        progress_for=lambda label: progress(f"default expert: {label}"),
+    )
+    log.info(
+        "default_expert_built",
+        model_dir=str(model_dir),
+        tickets=n,
+        chosen=report.chosen,
+        latency_s=round(report.seconds, 1),
+    )
     return model_dir

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from expert.build import BuildConfig, build_expert, build_lora
+from expert.build import BuildConfig, build_expert
 from expert.encoder import EncoderConfig, build_classifier, packaged_encoder_dir
 from expert.engine import BatchExpert, EngineConfig, StreamingExpert
+from expert.llm import LlmConfig, build_lora
+from expert.recipe import Preset, RecipeConfig
+from expert.recipe import build as build_recipe
 from loadgen.corpus import generate, write_jsonl
 from schemas.taxonomy import Taxonomy
 
@@ -37,8 +40,13 @@ TINY_CONFIG = BuildConfig(
     # One thread: tiny matmuls gain nothing from two, and the suite shares the machine.
     num_threads=1,
 )
-TINY_LORA_CONFIG = TINY_CONFIG.model_copy(
-    update={"model_id": "tiny-lora", "epochs": 1, "learning_rate": 1e-2, "lora_rank": 16}
+TINY_LORA_CONFIG = LlmConfig(
+    model_id="tiny-lora",
+    epochs=1,
+    batch_size=32,
+    learning_rate=1e-2,
+    lora_rank=16,
+    num_threads=1,
 )
 TINY_TICKETS = 1200
 # A random BERT learns the synthetic queues in about five seconds at this learning rate
@@ -104,8 +112,7 @@ def tiny_lora_dir(
     build_lora(
         data,
         out,
-        base_dir=tiny_expert_dir,
-        config=TINY_LORA_CONFIG,
+        config=TINY_LORA_CONFIG.model_copy(update={"base": str(tiny_expert_dir)}),
         taxonomy_labels=Taxonomy.load().labels,
     )
     return out
@@ -186,3 +193,24 @@ async def streaming_classifier(tiny_classifier_dir: Path) -> AsyncIterator[Strea
     await expert.start()
     yield expert
     await expert.shutdown()
+
+
+# The default recipe on the tiny corpus: the tiny from-scratch model as the only neural
+# candidate, fused with the lexical model and calibrated on validation rows.
+TINY_RECIPE_CONFIG = RecipeConfig(
+    model_id="tiny-fused",
+    preset=Preset.FAST,
+    budget_minutes=10,
+    scratch=TINY_CONFIG.model_copy(update={"model_id": "tiny-fused"}),
+    num_threads=1,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_fused_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
+    """A fused, calibrated expert built by `expert.recipe.build` (the default build path)."""
+    out = tmp_path_factory.mktemp("experts") / "tiny-fused"
+    build_recipe(
+        tiny_corpus_path, out, config=TINY_RECIPE_CONFIG, taxonomy_labels=Taxonomy.load().labels
+    )
+    return out

@@ -11,6 +11,7 @@ from expert.build import BuildConfig, BuildError, build_expert, choose_labels, p
 from expert.card import ExpertCard
 from expert.dataset import Examples, split
 from expert.engine import load_card
+from expert.llm import LlmConfig
 from schemas.taxonomy import Taxonomy
 from tests.expert_fixtures import TINY_CONFIG
 
@@ -101,4 +102,4 @@ def test_lora_adapter_is_saved_as_peft_saves_it_with_a_card(
 def test_build_config_defaults_are_the_small_expert() -> None:
     config = BuildConfig()
     assert (config.hidden_size, config.num_layers, config.vocab_size) == (256, 4, 1024)
-    assert config.lora_rank == 16
+    assert LlmConfig().lora_rank == 16  # the reference system's adapter rank

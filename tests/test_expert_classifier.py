@@ -212,19 +212,36 @@ def test_eval_scores_the_classifier_on_its_held_out_split(
     assert (tmp_path / "report.md").is_file()
 
 
-def test_cli_builds_an_encoder_classifier(
+def test_cli_builds_an_encoder_classifier_fused_and_calibrated_on_validation_rows(
     tmp_path: Path, tiny_corpus_path: Path, tiny_encoder_base: Path
 ) -> None:
     out = tmp_path / "cli-classifier"
-    args = ["build", "--data", str(tiny_corpus_path), "--out", str(out), "--encoder"]
-    args += ["--base-model", str(tiny_encoder_base), "--epochs", "0.1", "--threads", "1"]
-    args += ["--class-weighting", "sqrt_inverse", "--max-prompt-tokens", "32"]
+    advanced = tmp_path / "advanced.yaml"
+    advanced.write_text(
+        "encoder:\n  epochs: 2\n  learning_rate: 0.005\n  head_learning_rate: 0.005\n"
+        "  max_prompt_tokens: 32\n  class_weighting: sqrt_inverse\n"
+    )
+    args = ["build", "--data", str(tiny_corpus_path), "--out", str(out), "--taxonomy", "default"]
+    args += ["--base", str(tiny_encoder_base), "--config", str(advanced), "--threads", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "validation tickets" in result.output and "lexical (reference)" in result.output
     card = load_card(out)
-    assert card.kind == "classifier" and card.max_prompt_tokens == 32
-    assert card.training is not None
+    assert card.kind == "classifier" and card.max_prompt_tokens == 32 and card.pooling == "mean"
+    assert card.training is not None and card.fusion is not None and card.routing is not None
     assert card.training.config["class_weighting"] == "sqrt_inverse"
-    assert card.training.config["learning_rate"] == 5e-5  # the encoder default, not 3e-3
-    both = CliRunner().invoke(app, [*args, "--lora"])
-    assert both.exit_code == 2
+    assert card.training.config["learning_rate"] == 0.005
+    # 1200 tickets: 240 held out for eval; the rest split about 9:1 into fit and validation.
+    assert card.training.test_examples == 240
+    assert card.training.validation_examples + card.training.train_examples == 960
+    assert card.fusion.chosen.startswith("encoder")
+    assert {c.name for c in card.fusion.candidates} >= {"lexical", "encoder", "encoder+lexical"}
+    assert (out / "lexical.json").is_file() == (card.fusion.lexical_weight > 0)
+    assert not (out / ".candidates").exists()
+
+
+def test_cli_help_of_build_fits_one_screen() -> None:
+    result = CliRunner().invoke(app, ["build", "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    assert "--preset" in result.output and "--hidden-size" not in result.output
+    assert len(result.output.splitlines()) <= 50
