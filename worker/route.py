@@ -373,7 +373,8 @@ class _Router:
         typer.echo(
             f"expert {self.version.model_id} (adapter {self.version.adapter_id or 'none'}) "
             f"from {config.model_dir}: started in {self.start_s:.1f} s on "
-            f"{placement.cpu.get('kind')} ({placement.dtype}, {placement.threads} threads); "
+            f"{placement.cpu.get('kind')} ({placement.dtype}, "
+            f"{placement.threads} model thread(s)); "
             f"triage below {self.threshold.value:.3f} ({self.threshold.source})",
             err=True,
         )
