@@ -9,6 +9,7 @@ import typer
 
 from expert.cli import app as expert_app
 from loadgen.bench import bench_worker
+from loadgen.bench_feedback import bench_feedback
 from loadgen.cli import app as loadgen_app
 from loadgen.cli import demo
 from schemas.cli import app as schemas_app
@@ -30,6 +31,7 @@ app.add_typer(expert_app, name="expert")
 app.add_typer(loadgen_app, name="loadgen")
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 bench_app.command("worker")(bench_worker)
+bench_app.command("feedback")(bench_feedback)
 app.add_typer(bench_app, name="bench")
 app.command("worker")(worker)
 app.command("route")(route)

@@ -415,3 +415,100 @@ async def test_restart_keeps_the_decision_log_and_resumes_where_it_ended(
         old = fc.store.lookup("OLD7")
         assert old is not None and (old.queue, old.model_id) == ("software", "expert-a")
         assert fc.store.count_decisions() == 35
+
+
+@pytest.mark.slow
+async def test_the_real_workers_decisions_are_logged_and_judged(
+    bootstrap: str,
+    layout: Taxonomy,
+    taxonomy_file: Path,
+    unique: str,
+    tmp_path: Path,
+    streaming_expert: Any,
+) -> None:
+    from loadgen.corpus import generate
+    from worker.kafka_io import Publisher, Source
+    from worker.metrics import Metrics
+    from worker.pipeline import Pipeline
+    from worker.runner import consumer_config, pipeline_config, producer_config
+
+    tickets = generate(12, seed=7)
+    truth = {t.ticket.id: t.queue for t in tickets}
+    produce(
+        bootstrap, layout.topics.inbound, [t.ticket.model_dump_json().encode() for t in tickets]
+    )
+    settings = Settings(
+        kafka={"bootstrap_servers": bootstrap, "group_id": f"w-{unique}", "commit_interval_s": 0.1},
+        taxonomy_path=taxonomy_file,
+        metrics={"enabled": False},
+        feedback={"group_id": f"fb-{unique}", "store_path": tmp_path / "log.sqlite3"},
+    )
+    publisher = Publisher(conf=producer_config(settings))
+    await publisher.start()
+    pipeline = Pipeline(
+        config=pipeline_config(settings),
+        taxonomy=layout,
+        engine=streaming_expert,
+        publisher=publisher,
+        metrics=Metrics(CollectorRegistry()),
+    )
+    source = Source(
+        conf=consumer_config(settings), topics=[layout.topics.inbound], listener=pipeline
+    )
+    await source.start()
+    try:
+        await pipeline.run(source, stop_after=len(tickets))
+    finally:
+        await source.close()
+        await publisher.close()
+    reader = OutputReader(bootstrap, layout.decision_topics())
+    outputs = reader.read_until(lambda rs: len(rs) >= len(tickets), timeout_s=30)
+    reader.close()
+    routed = {r.key.decode(): RoutedTicket.model_validate_json(r.value) for r in outputs if r.key}
+    assert sorted(routed) == sorted(truth)
+
+    publish_feedback(bootstrap, layout, [feedback(t, q) for t, q in truth.items()])
+    registry = CollectorRegistry()
+    model = streaming_expert.model_id
+    async with running(settings, registry) as fc:
+
+        def judged() -> float:
+            verdicts = sum(
+                sample(registry, "router_feedback_verdicts_total", queue=q, model=model, verdict=v)
+                for q in layout.labels
+                for v in ("confirmed", "reassigned")
+            )
+            triaged = sum(
+                sample(registry, "router_feedback_triage_outcomes_total", queue=q, guess=g)
+                for q in layout.labels
+                for g in ("right", "wrong", "none")
+            )
+            return verdicts + triaged
+
+        await eventually(lambda: judged() == len(tickets), what="every real decision judged")
+        for ticket_id, out in routed.items():
+            logged = fc.store.lookup(ticket_id)
+            assert logged is not None
+            assert (logged.model_id, logged.queue, logged.disposition) == (
+                model,
+                out.decision.queue,
+                out.disposition,
+            )
+    confirmed = sum(
+        1
+        for t, out in routed.items()
+        if out.disposition is Disposition.ROUTED and out.decision.queue == truth[t]
+    )
+    assert (
+        sum(
+            sample(
+                registry,
+                "router_feedback_verdicts_total",
+                queue=q,
+                model=model,
+                verdict="confirmed",
+            )
+            for q in layout.labels
+        )
+        == confirmed
+    )
