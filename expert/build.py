@@ -177,9 +177,12 @@ def training_info(
 
 
 def write_card(out_dir: Path, card: ExpertCard) -> None:
-    """Write `card` as `out_dir/expert.json`."""
+    """Write `card` as `out_dir/expert.json` (validated again first: `model_copy` updates
+    are not validated, and a card that does not load again must never be written)."""
+    text = card.to_json()
+    ExpertCard.from_json(text)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / CARD_FILENAME).write_text(card.to_json(), "utf-8")
+    (Path(out_dir) / CARD_FILENAME).write_text(text, "utf-8")
 
 
 def train_tokenizer(texts: Sequence[str], labels: Sequence[str], *, vocab_size: int) -> Any:

@@ -73,6 +73,8 @@ class TrainingInfo(BaseModel):
     build_time_s: float
     final_loss: float
     config: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    validation_examples: int = Field(default=0, ge=0)
+    validation_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class RoutingCalibration(BaseModel):
@@ -134,6 +136,9 @@ class FusionInfo(BaseModel):
         validation_examples: rows the weights (and the threshold) were fitted on.
         candidates: every candidate's validation figures, the chosen one included.
         chosen: the name of the candidate this card serves.
+        confidence_slope, confidence_bias: the map applied to the pooled top-label
+            probability, sigmoid(slope * logit(p) + bias), fitted on the validation rows
+            (identity: 1, 0); see `expert.fusion.ConfidenceMap`.
         neural_alone: the neural model's own calibration (a temperature), for reports.
         lexical_alone: the lexical model's own calibration, for reports.
     """
@@ -145,6 +150,8 @@ class FusionInfo(BaseModel):
     validation_examples: int = Field(ge=0)
     candidates: tuple[ValidationScores, ...] = ()
     chosen: str = ""
+    confidence_slope: float = Field(default=1.0, gt=0.0)
+    confidence_bias: float = 0.0
     neural_alone: float | None = None
     lexical_alone: float | None = None
 

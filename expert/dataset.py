@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.email_text import strip_email_noise
+
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -53,7 +55,9 @@ def read_examples(path: Path, *, text_col: str = "text", label_col: str = "label
     """Read labeled examples from JSONL (one object per line) or CSV (with a header).
 
     Rows with an empty label are skipped; an empty text is kept (real exports have them,
-    and the reference split counts them).
+    and the reference split counts them). Texts go through the same email cleaning the
+    worker applies (`schemas.email_text.strip_email_noise`: quoted replies, signatures,
+    disclaimers), so experts train and are scored on what they will be served.
 
     Raises:
         DatasetError: missing file, bad line, or missing fields.
@@ -71,6 +75,7 @@ def read_examples(path: Path, *, text_col: str = "text", label_col: str = "label
                 f"(fields: {sorted(row)}); pass --text-col/--label-col"
             )
         text, label = str(row[text_col] or "").strip(), str(row[label_col] or "").strip()
+        text = strip_email_noise(text)
         if label:
             texts.append(text)
             labels.append(label)

@@ -31,8 +31,8 @@ from pydantic import ValidationError
 
 from expert import bases, hardware
 from expert.card import CARD_FILENAME, ExpertCard
-from expert.fusion import FusionWeights, combine
-from expert.lexical import LexicalError, LexicalModel
+from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
+from expert.lexical import LexicalError, LexicalModel, lexical_dir
 from expert.prompt import classifier_token_ids, prompt_token_ids
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,7 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
             for offline batches).
     """
 
-    model_dir: Path
+    model_dir: Path = Path(".state/models/default-expert")
     adapter_dir: Path | None = None
     max_num_seqs: int = 256
     kv_cache_gib: float = 1.0
@@ -408,7 +408,7 @@ class _Loaded:
         if fusion is None or fusion.lexical_weight <= 0:
             return None
         try:
-            lexical = LexicalModel.load(self.expert_dir)
+            lexical = LexicalModel.load(lexical_dir(self.expert_dir))
         except LexicalError as exc:
             raise ExpertLoadError(
                 f"{self.expert_dir}: the card fuses a lexical model: {exc}"
@@ -433,10 +433,13 @@ class _Loaded:
         weights = FusionWeights(
             neural_weight=fusion.neural_weight, lexical_weight=fusion.lexical_weight
         )
-        fused = combine(
-            weights,
-            neural_probabilities=np.asarray([[neural[label] for label in self.card.labels]]),
-            lexical_scores=None if lexical_row is None else np.asarray([lexical_row]),
+        fused = recalibrate(
+            combine(
+                weights,
+                neural_probabilities=np.asarray([[neural[label] for label in self.card.labels]]),
+                lexical_scores=None if lexical_row is None else np.asarray([lexical_row]),
+            ),
+            ConfidenceMap(slope=fusion.confidence_slope, bias=fusion.confidence_bias),
         )[0]
         return {label: float(p) for label, p in zip(self.card.labels, fused, strict=True)}
 
@@ -539,17 +542,15 @@ class _Loaded:
         return {"prompt_token_ids": ids}
 
 
-class StreamingExpert:
-    """The expert on vLLM's AsyncLLM: continuous batching for the streaming worker.
+class _ServedIdentity:
+    """What both front ends say about the expert they serve (after `start()`)."""
 
-    The engine core runs in a child process; start it before any Kafka client exists.
-    """
+    _loaded: _Loaded | None
 
-    def __init__(self, config: EngineConfig) -> None:
-        self._config = config
-        self._loaded: _Loaded | None = None
-        self._engine: Any = None
-        self._in_flight = 0
+    def _require_loaded(self) -> _Loaded:
+        if self._loaded is None:
+            raise EngineFailure("the expert is not started")
+        return self._loaded
 
     @property
     def card(self) -> ExpertCard:
@@ -578,10 +579,23 @@ class StreamingExpert:
         routing = self._require_loaded().card.routing
         return routing.confidence_threshold if routing is not None else None
 
-    def _require_loaded(self) -> _Loaded:
-        if self._loaded is None:
-            raise EngineFailure("the expert is not started")
-        return self._loaded
+    @property
+    def placement(self) -> EnginePlacement:
+        """The dtype and threads the engine was started with, and the CPU it runs on."""
+        return self._require_loaded().placement
+
+
+class StreamingExpert(_ServedIdentity):
+    """The expert on vLLM's AsyncLLM: continuous batching for the streaming worker.
+
+    The engine core runs in a child process; start it before any Kafka client exists.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._loaded: _Loaded | None = None
+        self._engine: Any = None
+        self._in_flight = 0
 
     async def start(self) -> None:
         """Load the card, start AsyncLLM and warm it up.
@@ -624,11 +638,6 @@ class StreamingExpert:
             cpu=loaded.placement.cpu["kind"],
             latency_s=round(time.perf_counter() - started, 3),
         )
-
-    @property
-    def placement(self) -> EnginePlacement:
-        """The dtype and threads the engine was started with, and the CPU it runs on."""
-        return self._require_loaded().placement
 
     async def classify(self, text: str, *, request_id: str) -> Prediction:
         """Classify one ticket text.
@@ -696,20 +705,13 @@ class StreamingExpert:
         log.info("expert_stopped", mode="streaming")
 
 
-class BatchExpert:
+class BatchExpert(_ServedIdentity):
     """The expert on the in-process offline `vllm.LLM`, for evaluation and benchmarks."""
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         self._loaded: _Loaded | None = None
         self._llm: Any = None
-
-    @property
-    def card(self) -> ExpertCard:
-        """The served expert's card."""
-        if self._loaded is None:
-            raise EngineFailure("the expert is not started")
-        return self._loaded.card
 
     def start(self) -> None:
         """Load the card and the model in-process, and warm up.
@@ -749,13 +751,6 @@ class BatchExpert:
             cpu=loaded.placement.cpu["kind"],
             latency_s=round(time.perf_counter() - started, 3),
         )
-
-    @property
-    def placement(self) -> EnginePlacement:
-        """The dtype and threads the engine was started with, and the CPU it runs on."""
-        if self._loaded is None:
-            raise EngineFailure("the expert is not started")
-        return self._loaded.placement
 
     def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
         """Classify many ticket texts in one offline batch.

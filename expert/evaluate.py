@@ -27,7 +27,7 @@ from expert.dataset import (
     split,
 )
 from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
-from expert.lexical import LexicalModel, has_lexical
+from expert.lexical import LexicalModel, has_lexical, lexical_dir
 from expert.metrics import (
     TARGET_PRECISION,
     CurvePoint,
@@ -379,7 +379,7 @@ def component_scores(
         probs = _softmax_power(np.log(np.clip(neural, 1e-12, 1)), fusion.neural_alone or 1.0)
         out.append(_matrix_scores("neural alone", probs, labels, truth))
     if has_lexical(expert_dir):
-        lexical = LexicalModel.load(expert_dir).scores(texts)
+        lexical = LexicalModel.load(lexical_dir(expert_dir)).scores(texts)
         probs = _softmax_power(lexical, fusion.lexical_alone or 1.0)
         out.append(_matrix_scores("lexical alone", probs, labels, truth))
     return out

@@ -3,9 +3,10 @@
 Owns fitting it (scikit-learn), storing it as data (`lexical.json`: settings and the two
 vocabularies; `lexical.safetensors`: idf vectors, class weights and biases) and loading it
 without executing anything from the folder (no pickle: an expert folder may come from
-elsewhere), and scoring ticket texts. Scores are the classifier's decision values in the
-card's label order; turning them into probabilities (alone or fused with the neural model)
-is `expert.fusion`'s job. It never imports torch or vllm.
+elsewhere), and scoring ticket texts. In an expert folder it lives in `lexical/`. Scores are
+the classifier's decision values in the card's label order; turning them into probabilities
+(alone or fused with the neural model) is `expert.fusion`'s job. It never imports torch or
+vllm.
 
 Lexical features are strong on tickets (product names, error codes, hostnames): word 1-2-grams
 plus char_wb 2-5-grams with LinearSVC(C=1) reached 0.676 accuracy on the real tickets, the
@@ -23,6 +24,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+# An expert folder keeps its lexical model in this sub-folder: vLLM loads every top-level
+# *.safetensors file of a model folder as model weights.
+LEXICAL_DIR = "lexical"
 LEXICAL_JSON = "lexical.json"
 LEXICAL_WEIGHTS = "lexical.safetensors"
 LEXICAL_FORMAT_VERSION = 1
@@ -253,6 +257,11 @@ def _terms(vocabulary: dict[str, int]) -> list[str]:
     return terms
 
 
-def has_lexical(folder: Path) -> bool:
-    """Whether `folder` holds a lexical model."""
-    return (Path(folder) / LEXICAL_JSON).is_file()
+def lexical_dir(expert_dir: Path) -> Path:
+    """Where an expert folder keeps its lexical model."""
+    return Path(expert_dir) / LEXICAL_DIR
+
+
+def has_lexical(expert_dir: Path) -> bool:
+    """Whether the expert folder holds a lexical model."""
+    return (lexical_dir(expert_dir) / LEXICAL_JSON).is_file()

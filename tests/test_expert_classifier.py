@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from expert.card import CLASSIFIER_TEMPLATE, ExpertCard
 from expert.cli import app
-from expert.encoder import class_weights, packaged_encoder_dir
+from expert.encoder import class_weights, classifier_logits, packaged_encoder_dir
 from expert.engine import (
     BatchExpert,
     ExpertLoadError,
@@ -130,7 +130,8 @@ def test_overlong_ticket_is_cut_and_classified_not_rejected(
 def test_vllm_class_probabilities_match_the_trained_torch_model(
     batch_classifier: BatchExpert, tiny_classifier_dir: Path
 ) -> None:
-    """Same tokens and weights in vLLM's pooling runner and in transformers, same answer."""
+    """Same tokens, weights and pooling (the card's: mean by default) in vLLM's pooling runner
+    and in transformers, same answer."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -144,7 +145,11 @@ def test_vllm_class_probabilities_match_the_trained_torch_model(
             text, tokenizer=tokenizer, max_prompt_tokens=card.max_prompt_tokens
         )
         with torch.no_grad():
-            probs = model(torch.tensor([ids])).logits[0].softmax(-1).tolist()
+            tokens = torch.tensor([ids])
+            logits = classifier_logits(
+                model, tokens, torch.ones_like(tokens), pooling=card.pooling
+            )
+            probs = logits[0].softmax(-1).tolist()
         assert served.probabilities == pytest.approx(
             dict(zip(card.labels, probs, strict=True)), abs=0.05
         )
@@ -223,7 +228,7 @@ def test_cli_builds_an_encoder_classifier_fused_and_calibrated_on_validation_row
     )
     args = ["build", "--data", str(tiny_corpus_path), "--out", str(out), "--taxonomy", "default"]
     args += ["--base", str(tiny_encoder_base), "--config", str(advanced), "--threads", "1"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "validation tickets" in result.output and "lexical (reference)" in result.output
     card = load_card(out)
@@ -236,12 +241,12 @@ def test_cli_builds_an_encoder_classifier_fused_and_calibrated_on_validation_row
     assert card.training.validation_examples + card.training.train_examples == 960
     assert card.fusion.chosen.startswith("encoder")
     assert {c.name for c in card.fusion.candidates} >= {"lexical", "encoder", "encoder+lexical"}
-    assert (out / "lexical.json").is_file() == (card.fusion.lexical_weight > 0)
+    assert (out / "lexical" / "lexical.json").is_file() == (card.fusion.lexical_weight > 0)
     assert not (out / ".candidates").exists()
 
 
 def test_cli_help_of_build_fits_one_screen() -> None:
-    result = CliRunner().invoke(app, ["build", "--help"], terminal_width=100)
+    result = CliRunner().invoke(app, ["build", "--help"], env={"COLUMNS": "100"})
     assert result.exit_code == 0
     assert "--preset" in result.output and "--hidden-size" not in result.output
     assert len(result.output.splitlines()) <= 50

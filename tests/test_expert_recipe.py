@@ -12,8 +12,8 @@ import pytest
 from expert.build import BuildError
 from expert.dataset import Examples, read_examples, split, validation_split
 from expert.engine import BatchExpert, load_card
-from expert.fusion import FusionWeights, combine
-from expert.lexical import LexicalModel
+from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
+from expert.lexical import LexicalModel, has_lexical, lexical_dir
 from expert.recipe import RecipeConfig, build
 from loadgen.corpus import generate
 from schemas.taxonomy import Taxonomy
@@ -40,7 +40,8 @@ def test_the_recipe_writes_a_fused_calibrated_expert(tiny_fused_dir: Path) -> No
     assert card.fusion.validation_examples == card.training.validation_examples > 0
     assert card.training.train_examples + card.training.validation_examples == 960
     assert card.training.test_examples == 240
-    assert (tiny_fused_dir / "lexical.json").is_file() == (card.fusion.lexical_weight > 0)
+    assert has_lexical(tiny_fused_dir) == (card.fusion.lexical_weight > 0)
+    assert not list(tiny_fused_dir.glob("lexical*.safetensors"))  # vLLM would load it
     chosen = next(c for c in card.fusion.candidates if c.name == card.fusion.chosen)
     best = max(
         card.fusion.candidates, key=lambda c: c.accuracy + c.macro_f1 if c.name != "lexical" else -1
@@ -69,14 +70,19 @@ def test_served_answers_are_the_fusion_of_the_neural_and_lexical_parts(
     assert all(p.neural_probabilities is not None for p in predictions)
     neural = np.asarray([[p.neural_probabilities[x] for x in card.labels] for p in predictions])  # type: ignore[index]
     lexical = (
-        LexicalModel.load(tiny_fused_dir).scores(texts) if card.fusion.lexical_weight > 0 else None
+        LexicalModel.load(lexical_dir(tiny_fused_dir)).scores(texts)
+        if card.fusion.lexical_weight > 0
+        else None
     )
-    expected = combine(
-        FusionWeights(
-            neural_weight=card.fusion.neural_weight, lexical_weight=card.fusion.lexical_weight
+    expected = recalibrate(
+        combine(
+            FusionWeights(
+                neural_weight=card.fusion.neural_weight, lexical_weight=card.fusion.lexical_weight
+            ),
+            neural_probabilities=neural,
+            lexical_scores=lexical,
         ),
-        neural_probabilities=neural,
-        lexical_scores=lexical,
+        ConfidenceMap(slope=card.fusion.confidence_slope, bias=card.fusion.confidence_bias),
     )
     served = np.asarray([[p.probabilities[x] for x in card.labels] for p in predictions])
     np.testing.assert_allclose(served, expected, atol=1e-6)
@@ -97,10 +103,10 @@ def test_the_recipe_never_sees_the_held_out_test_rows(
         len(fit) == card.training.train_examples and len(val) == card.training.validation_examples
     )
     lexical = (
-        LexicalModel.load(tiny_fused_dir) if (tiny_fused_dir / "lexical.json").is_file() else None
+        LexicalModel.load(lexical_dir(tiny_fused_dir)) if has_lexical(tiny_fused_dir) else None
     )
-    if lexical is not None:
-        assert lexical.train_examples == len(fit)
+    if lexical is not None:  # refitted on every training row once the fusion is fitted
+        assert lexical.train_examples == len(fit) + len(val) == len(parts.train)
 
 
 def test_a_budget_too_small_for_any_candidate_is_a_clear_error(

@@ -112,6 +112,45 @@ async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
     assert get("router_inference_duration_seconds_count") == n
 
 
+async def test_worker_routes_with_a_fused_expert_at_its_cards_threshold(
+    bootstrap: str,
+    taxonomy_file: Path,
+    layout: Taxonomy,
+    tiny_fused_dir: Path,
+    unique: str,
+) -> None:
+    """The default build's expert (neural + lexical, calibrated): every ticket is decided by
+    the fusion, and without a configured threshold the card's one splits routed/triage."""
+    from expert.engine import load_card
+
+    card = load_card(tiny_fused_dir)
+    assert card.fusion is not None and card.routing is not None
+    threshold = card.routing.confidence_threshold
+    expected = threshold if threshold is not None else 0.5
+    n = 40
+    produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
+    settings = Settings(
+        kafka={"bootstrap_servers": bootstrap, "group_id": f"g-{unique}"},
+        engine={"model_dir": tiny_fused_dir, "cache_dir": REPO / ".state" / "vllm-cache"},
+        taxonomy_path=taxonomy_file,
+        metrics={"enabled": False},
+        shutdown_grace_s=10,
+    )
+    async with started_worker(settings) as worker:
+        assert worker.pipeline.confidence_threshold == expected
+        await worker.pipeline.run(worker.source, stop_after=n)
+    reader = OutputReader(bootstrap, _outputs(layout))
+    out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=60)
+    reader.close()
+    assert len(_sources(out)) == n == len(out)
+    for r in out:
+        routed = RoutedTicket.model_validate_json(r.value)
+        assert routed.decision.model_id == card.model_id
+        assert abs(sum(routed.decision.probabilities.values()) - 1) < 1e-3
+        low = routed.decision.confidence < expected
+        assert (r.topic == layout.topics.triage) == low
+
+
 def test_killed_worker_restarts_without_losing_tickets_then_drains_on_sigterm(
     bootstrap: str,
     taxonomy_file: Path,
