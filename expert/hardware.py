@@ -17,6 +17,7 @@ never changes process-wide torch settings.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -216,22 +217,41 @@ def choose_precision(requested: str, capability: CpuCapability) -> Precision:
     )
 
 
-def engine_threads(capability: CpuCapability, *, streaming: bool) -> int:
+def busy_cores() -> float:
+    """Cores other work keeps busy now: the 1-minute load average (0 where unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _free_cores(capability: CpuCapability, busy: float | None) -> int:
+    """Cores left for a new job, at least one. OpenMP threads that outnumber the free cores
+    stall each other at every barrier: measured on 2 cores with other jobs running, a MiniLM
+    training step took 15 s with two threads and 0.8 s with one."""
+    load = busy_cores() if busy is None else busy
+    return max(1, min(capability.cores, math.floor(capability.cores - load + 0.5)))
+
+
+def engine_threads(
+    capability: CpuCapability, *, streaming: bool, busy: float | None = None
+) -> int:
     """OpenMP threads for a vLLM engine's model on this CPU.
 
-    Offline batches (eval, bench) own the machine: every core. A streaming engine shares its
-    cores with the worker's Kafka clients and the broker; on 2 cores two model threads
-    stalled each other at every OpenMP barrier (50 tickets/s: p50 3.9 s with two, 15 ms with
-    one), so it takes half the cores, at least one (only 2-core machines were measured).
+    Offline batches (eval, bench, a build's scoring) take the cores that are free now. A
+    streaming engine shares its cores with the worker's Kafka clients and the broker; on 2
+    cores two model threads stalled each other at every OpenMP barrier (50 tickets/s: p50
+    3.9 s with two, 15 ms with one), so it takes half the cores, at least one (only 2-core
+    machines were measured).
     """
     if not streaming:
-        return capability.cores
+        return _free_cores(capability, busy)
     return max(1, capability.cores // 2)
 
 
-def training_threads(capability: CpuCapability) -> int:
-    """torch threads for a build: every core (a build owns the machine)."""
-    return capability.cores
+def training_threads(capability: CpuCapability, *, busy: float | None = None) -> int:
+    """torch threads for a build: the cores free when it starts (every core when idle)."""
+    return _free_cores(capability, busy)
 
 
 def probe(*, seconds_per_format: float = 0.25) -> ProbeResult:

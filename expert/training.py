@@ -90,12 +90,16 @@ def length_batches(
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block (None: unchanged)."""
+    """torch's intra-op threads for the block: `threads`, or (None) the cores free now
+    (`expert.hardware.training_threads`)."""
     import torch
 
+    from expert import hardware
+
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    chosen = threads or hardware.training_threads(hardware.detect())
+    log.info("training_threads_chosen", threads=chosen, requested=threads)
+    torch.set_num_threads(chosen)
     try:
         yield
     finally:

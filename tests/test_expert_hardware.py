@@ -143,7 +143,19 @@ def test_a_missing_cpuinfo_means_no_native_bf16(tmp_path: Path) -> None:
 def test_engine_threads_leave_room_for_kafka_when_streaming(
     cores: int, streaming: bool, expected: int
 ) -> None:
-    assert engine_threads(cpu({"avx2"}, cores=cores), streaming=streaming) == expected
+    assert engine_threads(cpu({"avx2"}, cores=cores), streaming=streaming, busy=0.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("cores", "busy", "expected"),
+    [(2, 0.1, 2), (2, 1.0, 1), (2, 2.6, 1), (2, 9.0, 1), (16, 3.2, 13), (16, 0.0, 16)],
+)
+def test_builds_and_offline_engines_take_only_the_free_cores(
+    cores: int, busy: float, expected: int
+) -> None:
+    capability = cpu({"avx2"}, cores=cores)
+    assert hardware.training_threads(capability, busy=busy) == expected
+    assert engine_threads(capability, streaming=False, busy=busy) == expected
 
 
 def test_engine_placement_honours_an_explicit_dtype_and_thread_count() -> None:
