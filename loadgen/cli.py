@@ -6,14 +6,14 @@ only) so that `ticket-router --help` is fast; everything heavy is imported insid
 command that needs it.
 
 A run folder holds: traffic.json, manifest.jsonl, replay.json (replay); collect.json,
-outcomes.jsonl (collect); mttr.json (mttr); report.md, report.json, *.png (report).
+outcomes.jsonl (collect); mttr.json (mttr); report.md, report.json, *.png (report); and for
+the demo (`loadgen.demo`) probe.json, demo.json and worker.log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Sequence
+
+    from loadgen.outputs import StopReason, WaitPolicy, WaitStatus
     from loadgen.replay import Labeled, ReplayResult
     from loadgen.traffic import Schedule, TrafficModel
     from schemas.taxonomy import Taxonomy
@@ -31,6 +35,7 @@ app = typer.Typer(
 )
 
 FORMATS = ("canonical", "servicenow", "jira", "zendesk")
+CLOUD_TTFT_S = 0.85  # the reference system's time to first token (part of its 2.5 s)
 DEFAULT_STORM = "vpn_outage@09:30/2000/30/network_vpn"
 
 Dir = Annotated[Path, typer.Option("--dir", help="Run folder (inputs and outputs).")]
@@ -214,6 +219,8 @@ def replay_step(
     limit: int | None = None,
     max_wall_s: float | None = None,
     progress: bool = True,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
 ) -> ReplayResult:
     """Publish the schedule; write manifest.jsonl and replay.json into `out_dir`."""
     from loadgen.itsm_formats import PayloadFormat
@@ -231,6 +238,8 @@ def replay_step(
             progress=progress,
             max_wall_s=max_wall_s,
             speedup=speedup,
+            stop=stop,
+            on_progress=on_progress,
         )
     (out_dir / "replay.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
@@ -316,33 +325,93 @@ def collect_step(
     out_dir: Path,
     taxonomy: Taxonomy,
     group: str | None = None,
-    idle_s: float = 10.0,
-    deadline_s: float = 600.0,
+    router_group: str | None = "ticket-router",
+    policy: WaitPolicy | None = None,
     bin_s: float = 10.0,
+    should_stop: Callable[[], StopReason | None] | None = None,
+    on_status: Callable[[WaitStatus], None] | None = None,
+    before_snapshot: Callable[[], None] | None = None,
+    other_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Read outputs, join with manifest.jsonl; write collect.json and outcomes.jsonl."""
+    """Read outputs while the router progresses, join with manifest.jsonl; write collect.json
+    and outcomes.jsonl.
+
+    After the wait, `before_snapshot` runs (the demo stops its worker there, which finishes
+    its in-flight tickets and commits), then the router group's committed offsets are read
+    once more and the outputs of every ticket below them are awaited (`policy.settle_s`): a
+    ticket with no output is LOST only if the router committed past it, else NOT ROUTED.
+    """
     import uuid
     from dataclasses import asdict
 
-    from loadgen.collect import OutputTopics, account, read_outputs
+    from loadgen.collect import account, owed_ids
+    from loadgen.outputs import (
+        OutputCollector,
+        OutputTopics,
+        RouterOffsets,
+        WaitPolicy,
+        settle,
+        wait_for_router,
+    )
     from loadgen.replay import read_manifest
 
+    policy = policy or WaitPolicy()
     manifest = read_manifest(out_dir / "manifest.jsonl")
+    replay_doc = out_dir / "replay.json"
+    inbound = (
+        json.loads(replay_doc.read_text())["topic"]
+        if replay_doc.exists()
+        else taxonomy.topics.inbound
+    )
     topics = OutputTopics(
         routed=tuple(q.topic for q in taxonomy.queues),
         triage=taxonomy.topics.triage,
         dead_letter=taxonomy.topics.dead_letter,
     )
-    observations = read_outputs(
+    collector = OutputCollector(
         bootstrap,
         topics,
         group_id=group or f"loadgen-collect-{uuid.uuid4().hex}",
         expected_ids={r.ticket_id for r in manifest if r.delivered},
-        idle_timeout_s=idle_s,
-        deadline_s=deadline_s,
     )
-    acc = account(manifest, observations, labels=taxonomy.labels, bin_s=bin_s)
+    partitions = {r.partition for r in manifest if r.partition is not None}
+    committed: dict[int, int] | None = None
+    with collector, contextlib.ExitStack() as stack:
+        offsets = None
+        if router_group:
+            offsets = stack.enter_context(
+                RouterOffsets(
+                    bootstrap, group_id=router_group, topic=inbound, partitions=partitions
+                )
+            )
+        reason = wait_for_router(
+            collector,
+            policy=policy,
+            manifest=manifest,
+            offsets=offsets,
+            should_stop=should_stop,
+            on_status=on_status,
+        )
+        if before_snapshot is not None:
+            before_snapshot()
+        if offsets is not None:
+            committed = offsets.read()
+        missing = settle(collector, owed=owed_ids(manifest, committed), settle_s=policy.settle_s)
+    acc = account(
+        manifest,
+        collector.observations,
+        labels=taxonomy.labels,
+        bin_s=bin_s,
+        committed=committed,
+        other_ids=other_ids,
+    )
     data = acc.to_json()
+    data |= {
+        "stop_reason": reason.value,
+        "router_group": router_group,
+        "wait_policy": asdict(policy),
+        "owed_outputs_missing_after_settle": len(missing),
+    }
     (out_dir / "collect.json").write_text(json.dumps(data, indent=2) + "\n")
     with (out_dir / "outcomes.jsonl").open("w", encoding="utf-8") as f:
         for o in acc.outcomes:
@@ -356,18 +425,31 @@ def collect_command(
     out_dir: Dir = Path(".state/loadgen/run"),
     taxonomy: TaxonomyOpt = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (default: unique).")] = None,
-    idle_s: Annotated[float, typer.Option(help="Stop after this quiet period.")] = 10.0,
-    deadline_s: Annotated[float, typer.Option(help="Stop after this long at most.")] = 600.0,
+    router_group: Annotated[
+        str,
+        typer.Option(
+            help="The router's consumer group: its committed offsets tell a ticket still waiting"
+            " (not routed) from one the router committed past without output (LOST)."
+            " Empty: unknown, nothing is called lost."
+        ),
+    ] = "ticket-router",
+    idle_s: Annotated[
+        float,
+        typer.Option(help="Stop after this long without a new output or router progress."),
+    ] = 10.0,
+    deadline_s: Annotated[float, typer.Option(help="Stop after this long at most.")] = 3600.0,
     bin_s: Annotated[float, typer.Option(help="Time-series bin width (s).")] = 10.0,
 ) -> None:
     """Read the routed/triage/dead-letter topics and measure the run against its manifest."""
+    from loadgen.outputs import WaitPolicy
+
     data = collect_step(
         bootstrap=bootstrap,
         out_dir=out_dir,
         taxonomy=_taxonomy(taxonomy),
         group=group,
-        idle_s=idle_s,
-        deadline_s=deadline_s,
+        router_group=router_group or None,
+        policy=WaitPolicy(stall_s=idle_s, max_wait_s=deadline_s),
         bin_s=bin_s,
     )
     _print_collect(data)
@@ -381,10 +463,12 @@ def _print_collect(c: dict[str, Any]) -> None:
 
     _console().print(
         f"collect: sent {c['sent']}, routed {c['routed']}, triage {c['triaged']},"
-        f" dead-letter {c['dead_lettered']}, LOST {c['lost']}, DUPLICATED {c['duplicated']},"
-        f" unexpected {c['unexpected']}; accuracy routed {pct(c['accuracy_routed'])}, top-1"
-        f" {pct(c['accuracy_top1'])}; latency p50 {lat.get('p50', float('nan')):.3f} s"
-        f" p99 {lat.get('p99', float('nan')):.3f} s max {lat.get('max', float('nan')):.3f} s"
+        f" dead-letter {c['dead_lettered']}, not routed when the run ended {c['not_routed']},"
+        f" LOST {c['lost']}, DUPLICATED {c['duplicated']}, unexpected {c['unexpected']}"
+        f" (stopped: {c.get('stop_reason')}); accuracy routed {pct(c['accuracy_routed'])},"
+        f" top-1 {pct(c['accuracy_top1'])}; latency p50 {lat.get('p50', float('nan')):.3f} s"
+        f" p99 {lat.get('p99', float('nan')):.3f} s max {lat.get('max', float('nan')):.3f} s;"
+        f" sent while the router was saturated (backlog) {c['backlogged']}"
     )
 
 
@@ -408,7 +492,7 @@ def mttr_step(
     from loadgen.traffic import IncidentStorm, TrafficModel, sample
 
     queues = taxonomy.labels
-    measured = _measured_decisions(out_dir / "outcomes.jsonl")
+    measured, backlogged = _measured_decisions(out_dir / "outcomes.jsonl")
     truths_seen = Counter(d.truth for d in measured)
     shares = {q: float(truths_seen.get(q, 0)) or (1.0 if not measured else 0.0) for q in queues}
     if not any(shares.values()):
@@ -439,6 +523,7 @@ def mttr_step(
     if measured:
         router = mttr.measured_scenario(measured, name="this router (measured)", queues=queues)
     else:
+        # Never the backlogged tickets' latencies: without clean ones the row is an assumption.
         router = mttr.parametric_scenario(
             name="this router (assumed)",
             queues=queues,
@@ -453,7 +538,7 @@ def mttr_step(
         accuracy=assumptions.manual_accuracy,
     )
     cloud = mttr.cloud_llm_scenario(
-        queues=queues, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
+        queues=queues, ttft_s=CLOUD_TTFT_S, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
     )
     comparison = mttr.compare(
         desk,
@@ -471,8 +556,10 @@ def mttr_step(
         assumptions={
             **asdict(assumptions),
             "cloud_accuracy": cloud_accuracy,
+            "cloud_ttft_s": CLOUD_TTFT_S,
             "cloud_latency_s": cloud_latency_s,
             "measured_decisions": len(measured),
+            "backlogged_decisions_left_out": backlogged,
             "agents": {q: d.agents for q, d in desk.queues.items()},
             "triage_agents": desk.triage.agents,
             "dispatchers": manual.dispatch.agents if manual.dispatch else 0,
@@ -483,18 +570,14 @@ def mttr_step(
     return data
 
 
-def _measured_decisions(path: Path) -> list[Any]:
-    from loadgen.mttr import MeasuredDecision
+def _measured_decisions(path: Path) -> tuple[list[Any], int]:
+    """Decisions the MTTR model may use, and how many backlogged ones were left out."""
+    from loadgen.mttr import decisions_from_outcomes
 
     if not path.exists():
-        return []
-    out = []
+        return [], 0
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            o = json.loads(line)
-            if o["kind"] in ("routed", "triage", "dead_letter") and o["latency_s"] is not None:
-                out.append(MeasuredDecision(o["truth"], o["kind"], o["predicted"], o["latency_s"]))
-    return out
+        return decisions_from_outcomes(json.loads(line) for line in f if line.strip())
 
 
 @app.command("mttr")
@@ -591,8 +674,11 @@ def report_step(
     if collect is None:
         raise typer.BadParameter(f"{out_dir / 'collect.json'} missing: run `collect` first")
     traffic = load("traffic.json") or {}
+    demo = load("demo.json")
+    probe = load("probe.json")
+    probed = (probe or {}).get("summary", {}).get("max_sustainable_rate_per_s")
     measured_tps, saturated = report.measured_capacity(collect["series"])
-    tps = tickets_per_s or measured_tps
+    tps = tickets_per_s or probed or measured_tps
     cap = None
     if tps:
         cap = report.capacity(
@@ -608,6 +694,8 @@ def report_step(
         cap["throughput_source"] = (
             "given"
             if tickets_per_s
+            else "capacity probe: highest rate with p99 <= 1 s"
+            if probed
             else ("saturated bins" if saturated else "lower bound: never saturated")
         )
     data = report.build(
@@ -616,6 +704,8 @@ def report_step(
         mttr=load("mttr.json"),
         capacity_figures=cap,
         traffic={k: v for k, v in traffic.items() if k != "per_hour"} or None,
+        demo=demo,
+        probe=probe,
     )
     return report.write(data, out_dir, figures=figures)
 
@@ -668,152 +758,70 @@ def _mount_corpus() -> None:
 _mount_corpus()
 
 
-# --- ticket-router demo: broker + worker + replay + collect + mttr + report ---------------
-
-
-def demo_start_broker(*, state_dir: Path, port: int, taxonomy: Taxonomy) -> str:
-    """Start the embedded broker (or reuse it) and create the topic layout; return bootstrap."""
-    from worker.broker import EmbeddedBroker, TopicLayout, create_layout
-
-    broker = EmbeddedBroker(state_dir=state_dir, port=port)
-    broker.start()
-    create_layout(broker.bootstrap, TopicLayout.from_taxonomy(taxonomy, partitions=6))
-    return broker.bootstrap
-
-
-def demo_stop_broker(*, state_dir: Path, port: int) -> None:
-    """Stop the broker `demo_start_broker` started."""
-    from worker.broker import EmbeddedBroker
-
-    EmbeddedBroker(state_dir=state_dir, port=port).stop()
-
-
-def demo_start_worker(*, bootstrap: str, model: Path | None, log: Path) -> subprocess.Popen[bytes]:
-    """Run `ticket-router worker` as a child process, its output to `log`."""
-    cmd = [sys.executable, "-m", "ticket_router", "worker", "--bootstrap", bootstrap]
-    if model is not None:
-        cmd += ["--model", str(model)]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-
-
-def demo_wait_ready(proc: subprocess.Popen[bytes], *, url: str, timeout_s: float) -> bool:
-    """Poll the worker's /readyz until 200, its exit, or the deadline."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - local URL
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def demo_stop_worker(proc: subprocess.Popen[bytes], *, grace_s: float = 30.0) -> int:
-    """SIGTERM the worker (it drains and commits), SIGKILL after `grace_s`."""
-    proc.terminate()
-    try:
-        return proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+# --- ticket-router demo: broker + worker + probe + replay + collect + mttr + report ---------
 
 
 def demo(
     out_dir: Dir = Path(".state/demo"),
     port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
-    model: Annotated[Path | None, typer.Option(help="Expert model folder for the worker.")] = None,
-    worker: Annotated[bool, typer.Option(help="Start a worker (else measure an empty run).")] = (
-        True
-    ),
-    ready_url: Annotated[str, typer.Option(help="Worker readiness URL.")] = (
-        "http://127.0.0.1:9464/readyz"
-    ),
+    model: Annotated[
+        Path | None, typer.Option(help="Expert folder (default: the default expert, cached).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = (
         "servicenow"
     ),
     volume: Volume = 100_000,
-    hours: Hours = 24.0,
-    speedup: Annotated[
+    budget_min: Annotated[
         float,
         typer.Option(
-            help="Simulated s per real s (144: a day in 10 min, so that the first demo, which"
-            " also builds the expert, stays within 20 min on 2 cores; 96: a day in 15 min)."
+            min=3,
+            help="Minutes this command may take (make demo's 20 minutes minus ~2 of set-up);"
+            " the replay gets what the build, the worker start and the probe leave (1-8 min).",
         ),
-    ] = 144.0,
+    ] = 18.0,
+    replay_min: Annotated[
+        float | None, typer.Option(min=0.5, help="Replay this many minutes (overrides budget).")
+    ] = None,
+    headroom: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            max=1.0,
+            help="Busiest replayed minute <= this share of the measured capacity.",
+        ),
+    ] = 0.8,
+    stall_s: Annotated[
+        float, typer.Option(min=1, help="Drain ends after this long without router progress.")
+    ] = 60.0,
     corpus_n: Annotated[int, typer.Option(help="Generated corpus size.")] = 2000,
     seed: Seed = 0,
 ) -> None:
-    """Broker + worker + a day of replayed traffic + collect + MTTR + report, in one go."""
-    from loadgen.mttr import DeskAssumptions
+    """Broker + expert + worker, a capacity probe, the busiest hours of a 100k-ticket day
+    compressed only as far as the router keeps up, then collect + MTTR + report.
 
-    console = _console()
-    taxonomy = _taxonomy(None)
-    state_dir = out_dir / "broker"
-    bootstrap = demo_start_broker(state_dir=state_dir, port=port, taxonomy=taxonomy)
-    console.print(f"demo: broker at {bootstrap}")
-    proc = None
-    try:
-        if worker:
-            from loadgen.default_expert import ensure_default_expert
+    Ctrl-C once tickets flow: stop, report what was measured (labelled); twice: abort.
+    """
+    from loadgen.demo import DemoOptions, run_demo
 
-            model = model or ensure_default_expert(taxonomy=taxonomy)
-            proc = demo_start_worker(bootstrap=bootstrap, model=model, log=out_dir / "worker.log")
-            if not demo_wait_ready(proc, url=ready_url, timeout_s=600):
-                console.print(f"[red]worker not ready[/] (see {out_dir / 'worker.log'})")
-                raise typer.Exit(1)
-        model_ = traffic_model(volume=volume, peak_to_trough=12.0, storms=None, no_storms=False)
-        schedule = day_schedule(
-            model_, start=_start_of("2026-11-25"), start_hour=0, hours=hours, seed=seed
-        )
-        (out_dir / "traffic.json").parent.mkdir(parents=True, exist_ok=True)
-        (out_dir / "traffic.json").write_text(json.dumps(traffic_summary(model_, schedule)))
-        _print_replay(
-            replay_step(
-                bootstrap=bootstrap,
-                topic=taxonomy.topics.inbound,
-                out_dir=out_dir,
-                corpus=load_or_make_corpus(None, n=corpus_n, seed=seed),
-                schedule=schedule,
-                fmt=fmt,
-                speedup=speedup,
-                seed=seed,
-                run=_run_number(),
-            )
-        )
-        _print_collect(collect_step(bootstrap=bootstrap, out_dir=out_dir, taxonomy=taxonomy))
-    finally:
-        if proc is not None:
-            demo_stop_worker(proc)
-        demo_stop_broker(state_dir=state_dir, port=port)
-    _print_mttr(
-        mttr_step(
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {FORMATS}")
+    code = run_demo(
+        DemoOptions(
             out_dir=out_dir,
-            taxonomy=taxonomy,
+            port=port,
+            model=model,
+            fmt=fmt,
             volume=volume,
-            hours=24.0,
+            corpus_n=corpus_n,
             seed=seed,
-            assumptions=DeskAssumptions(),
-            cloud_accuracy=0.911,
-            cloud_latency_s=2.5,
-            router_accuracy=0.9,
-            router_latency_s=0.2,
+            budget_s=budget_min * 60,
+            replay_s=replay_min * 60 if replay_min else None,
+            headroom=headroom,
+            stall_s=stall_s,
         )
     )
-    paths = report_step(out_dir=out_dir, cores=_cpu_cores())
-    console.print(f"demo: report at {paths['markdown']}")
-
-
-def _cpu_cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
+    if code:
+        raise typer.Exit(code)
 
 
 # --- ticket-router loadgen capacity: the highest rate meeting the latency SLO ------------

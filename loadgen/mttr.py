@@ -14,7 +14,7 @@ is resolved. MTTR is resolution minus arrival.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -179,6 +179,32 @@ class MeasuredDecision:
     kind: str  # routed | triage | dead_letter
     predicted: str | None
     latency_s: float
+
+
+ANSWERED_KINDS = ("routed", "triage", "dead_letter")
+
+
+def decisions_from_outcomes(
+    outcomes: Iterable[Mapping[str, Any]],
+) -> tuple[list[MeasuredDecision], int]:
+    """The measured decisions the model may use, and how many backlogged ones it left out.
+
+    `outcomes` are `loadgen.collect.TicketOutcome` rows (as in outcomes.jsonl). Only answered
+    tickets sent while the router kept up count: one sent while it was saturated
+    (`backlogged`) waited behind a backlog the load generator built by compressing time, so
+    its latency is not the router's and must never drive the router's routing time, nor
+    its cost against manual dispatch.
+    """
+    kept: list[MeasuredDecision] = []
+    backlogged = 0
+    for o in outcomes:
+        if o["kind"] not in ANSWERED_KINDS or o["latency_s"] is None:
+            continue
+        if o.get("backlogged"):
+            backlogged += 1
+            continue
+        kept.append(MeasuredDecision(o["truth"], o["kind"], o["predicted"], o["latency_s"]))
+    return kept, backlogged
 
 
 def measured_scenario(

@@ -10,8 +10,9 @@ as a slower load generator.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -289,6 +290,8 @@ def replay(
     max_wall_s: float | None = None,
     flush_timeout_s: float = 60.0,
     speedup: float | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
 ) -> ReplayResult:
     """Publish `planned` to the inbound topic and write one manifest line per delivery.
 
@@ -305,6 +308,10 @@ def replay(
         max_wall_s: stop sending after this many real seconds (bounded run).
         flush_timeout_s: how long to wait for outstanding deliveries at the end.
         speedup: the factor `planned` was made with, recorded in the result.
+        stop: when set, stop sending (the result says `stopped_early`); what was sent is
+            still flushed and in the manifest.
+        on_progress: called after each send with (sent, planned, NaN), the signature of
+            `expert.progress.progress`'s reporter.
 
     Returns:
         The run's figures, including scheduled-vs-actual send lag.
@@ -339,9 +346,9 @@ def replay(
             if max_wall_s is not None and p.due_s > max_wall_s:
                 stopped_early = True
                 break
-            while (now := time.monotonic() - t0) < p.due_s:
+            while (now := time.monotonic() - t0) < p.due_s and not _is_set(stop):
                 producer.poll(min(p.due_s - now, 0.05))
-            if max_wall_s is not None and now > max_wall_s:
+            if _is_set(stop) or (max_wall_s is not None and now > max_wall_s):
                 stopped_early = True
                 break
             item = corpus[p.corpus_index]
@@ -371,8 +378,7 @@ def replay(
             lags.append(lag)
             if sent % 50 == 1:
                 series.append((p.due_s, lag))
-            if bar is not None and task is not None:
-                bar.update(task, advance=1, lag_ms=lag * 1000)
+            _report(bar, task, on_progress, sent=sent, total=len(planned), lag_s=lag)
         remaining = producer.flush(flush_timeout_s)
     wall_s = time.monotonic() - t0
     return ReplayResult(
@@ -392,6 +398,25 @@ def replay(
         lag_series=series,
         **lag_figures(lags),
     )
+
+
+def _report(
+    bar: Progress | None,
+    task: Any,
+    on_progress: Callable[[int, int, float], None] | None,
+    *,
+    sent: int,
+    total: int,
+    lag_s: float,
+) -> None:
+    if bar is not None and task is not None:
+        bar.update(task, advance=1, lag_ms=lag_s * 1000)
+    if on_progress is not None:
+        on_progress(sent, total, float("nan"))
+
+
+def _is_set(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
 
 
 def _utc_from_ns(ns: int) -> datetime:

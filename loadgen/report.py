@@ -1,9 +1,12 @@
 """The capacity report: Markdown + JSON + PNG figures from a run's measurements, and a cost model.
 
 Owns turning the collect / replay / MTTR results (plain JSON-ready dicts) into one report
-and the arithmetic of how many machines a volume and its peak need. It reads nothing and
-measures nothing itself; the only I/O is writing the files it is asked to write.
-matplotlib is imported inside the plotting function (Agg backend, no display).
+and the arithmetic of how many machines a volume and its peak need. With a demo's run
+description (demo.json, probe.json) the report leads with the MTTR comparison and says how
+its figures were obtained: machine and number format, the capacity probe, which part of the
+day was replayed at what speed-up, and any backlog, labelled apart from the router's own
+latency. It reads nothing and measures nothing itself; the only I/O is writing the files it
+is asked to write. matplotlib is imported inside the plotting function (Agg backend).
 """
 
 from __future__ import annotations
@@ -81,15 +84,27 @@ def build(
     mttr: Json | None = None,
     capacity_figures: Json | None = None,
     traffic: Json | None = None,
+    demo: Json | None = None,
+    probe: Json | None = None,
 ) -> Json:
     """The report's JSON: headline figures first, then each section as given."""
+    kept_up = collect.get("latency_kept_up_s") or {}
     headline = {
+        "mttr": [
+            {
+                k: r[k]
+                for k in ("name", "routing_latency_s", "mttr_mean_h", "mttr_p90_h", "misrouted")
+            }
+            for r in (mttr or {}).get("results", [])
+        ],
         "sent": collect.get("sent"),
         "routed": collect.get("routed"),
         "triaged": collect.get("triaged"),
         "dead_lettered": collect.get("dead_lettered"),
+        "not_routed_when_run_ended": collect.get("not_routed"),
         "lost": collect.get("lost"),
         "duplicated": collect.get("duplicated"),
+        "sent_while_saturated": collect.get("backlogged"),
         "accuracy_routed": collect.get("accuracy_routed"),
         "accuracy_top1": collect.get("accuracy_top1"),
         "triage_rate": collect.get("triage_rate"),
@@ -97,9 +112,15 @@ def build(
         "throughput_per_s": collect.get("throughput_per_s"),
         "latency_p50_s": collect.get("latency_s", {}).get("p50"),
         "latency_p99_s": collect.get("latency_s", {}).get("p99"),
+        "latency_kept_up_p50_s": kept_up.get("p50"),
+        "latency_kept_up_p99_s": kept_up.get("p99"),
+        "capacity_probe_per_s": (probe or {}).get("summary", {}).get("max_sustainable_rate_per_s"),
+        "speedup": (replay or {}).get("speedup"),
     }
     return {
         "headline": headline,
+        "demo": demo,
+        "probe": probe,
         "traffic": traffic,
         "replay": replay,
         "collect": collect,
@@ -151,23 +172,46 @@ def _replay_md(replay: Json) -> list[str]:
 
 def _collect_md(c: Json) -> list[str]:
     lat = c.get("latency_s") or {}
+    keys = ("p50", "p90", "p95", "p99", "max", "mean")
+    latency_rows = [["all answered tickets", *(_fmt(lat.get(k), ".3f") for k in keys)]]
+    for label, key in (
+        ("sent while the router kept up", "latency_kept_up_s"),
+        ("sent while it was saturated (backlog)", "latency_backlogged_s"),
+    ):
+        if c.get(key):
+            latency_rows.append([label, *(_fmt(c[key].get(k), ".3f") for k in keys)])
     lines = [
         "## Outcomes",
         "",
         *_table(
-            ["sent", "routed", "triage", "dead-letter", "LOST", "DUPLICATED", "unexpected"],
+            [
+                "sent",
+                "routed",
+                "triage",
+                "dead-letter",
+                "not routed when the run ended",
+                "LOST",
+                "DUPLICATED",
+                "unexpected",
+            ],
             [
                 [
                     str(c["sent"]),
                     str(c["routed"]),
                     str(c["triaged"]),
                     str(c["dead_lettered"]),
+                    str(c.get("not_routed", 0)),
                     str(c["lost"]),
                     str(c["duplicated"]),
                     str(c["unexpected"]),
                 ]
             ],
         ),
+        "",
+        "LOST counts only tickets the router's consumer group committed past without writing"
+        " any output (a real loss); a ticket still in the inbound topic or in flight when the"
+        " run ended is *not routed when the run ended*"
+        + (f" (the collector stopped: {c['stop_reason']})." if c.get("stop_reason") else "."),
         "",
         f"Accuracy of routed tickets {_pct(c['accuracy_routed'])}; top-1 accuracy including"
         f" triage guesses {_pct(c['accuracy_top1'])}; correctly routed share of all sent"
@@ -176,10 +220,7 @@ def _collect_md(c: Json) -> list[str]:
         "",
         "End-to-end latency (send -> output record timestamp), seconds:",
         "",
-        *_table(
-            ["p50", "p90", "p95", "p99", "max", "mean"],
-            [[_fmt(lat.get(k), ".3f") for k in ("p50", "p90", "p95", "p99", "max", "mean")]],
-        ),
+        *_table(["tickets", *keys], latency_rows),
         "",
         "Stage means: "
         + (
@@ -187,18 +228,32 @@ def _collect_md(c: Json) -> list[str]:
             or "n/a"
         )
         + f". Throughput over the run {_fmt(c.get('throughput_per_s'), '.1f')} tickets/s;"
-        f" highest backlog {max(c['series']['backlog'], default=0)} tickets.",
+        f" highest backlog {max(c['series']['backlog'], default=0)} tickets;"
+        f" {c.get('backlogged', 0)} tickets sent while the router was saturated (in a"
+        f" {_fmt(c['series']['bin_s'], '.3g')} s bin that began with at least as many tickets"
+        " waiting as the router finished in it).",
         "",
     ]
     if c.get("lost_ids"):
         lines += [f"LOST: {c['lost']}; first ids: {', '.join(c['lost_ids'][:20])}", ""]
+    if c.get("not_routed_ids"):
+        lines += [
+            f"Not routed when the run ended: {c['not_routed']}; first ids:"
+            f" {', '.join(c['not_routed_ids'][:20])}",
+            "",
+        ]
     if c.get("duplicated_ids"):
         dupes = ", ".join(f"{k} x{v}" for k, v in list(c["duplicated_ids"].items())[:20])
         lines += [f"DUPLICATED: {dupes}", ""]
     return lines
 
 
-def _mttr_md(m: Json, *, speedup: float | None = None) -> list[str]:
+def _saved(m: Json, name: str) -> Json:
+    return (m.get("saved_vs_baseline") or {}).get(name) or {}
+
+
+def _headline_md(m: Json, *, figure: str | None) -> list[str]:
+    """The MTTR comparison: the report's headline."""
     rows = [
         [
             r["name"],
@@ -207,30 +262,68 @@ def _mttr_md(m: Json, *, speedup: float | None = None) -> list[str]:
             _fmt(r["mttr_p90_h"], ".2f"),
             str(r["misrouted"]),
             str(r["triaged"]),
+            _fmt(_saved(m, r["name"]).get("ticket_hours_per_day"), ",.0f"),
         ]
         for r in m["results"]
     ]
+    a = m.get("assumptions") or {}
+    used, left_out = a.get("measured_decisions"), a.get("backlogged_decisions_left_out", 0)
+    router = next((r for r in m["results"] if r["name"].startswith("this router")), None)
     lines = [
-        "## MTTR by scenario (service-desk simulation)",
+        "## Headline: time to resolve a ticket (MTTR) by routing method",
+        "",
+        *_table(
+            [
+                "scenario",
+                "routing time per ticket",
+                "MTTR mean h",
+                "MTTR p90 h",
+                "misrouted",
+                "to triage",
+                f"ticket-hours/day saved vs {m.get('baseline')}",
+            ],
+            rows,
+        ),
+        "",
+        f"One simulated day of {m['tickets']:,} tickets through the same service desk"
+        " (agents per queue staffed for the busiest hour; handling times, misroute penalty"
+        " and triage time are the assumptions listed under *MTTR details*). Cloud LLM router:"
+        f" the reference system's {_fmt(a.get('cloud_ttft_s'), '.3g')} s time to first token,"
+        f" {_fmt(a.get('cloud_latency_s'), '.3g')} s per classification,"
+        f" {_pct(a.get('cloud_accuracy'))} accuracy. Manual dispatch:"
+        f" {_fmt(a.get('manual_min_per_ticket'), '.3g')} dispatcher minutes per ticket,"
+        f" {_pct(a.get('manual_accuracy'))} accuracy.",
+        "",
+    ]
+    if router is not None and used:
+        lines += [
+            f"This router's row replays its measured decisions and end-to-end latencies: {used:,}"
+            " tickets of this run sent while the router kept up (mean routing time"
+            f" {_fmt(router['routing_latency_s'], '.3g')} s). {left_out:,} tickets sent while"
+            " it was saturated are left out: their latency is a backlog the replay built,"
+            " not the router's, and never reaches this comparison.",
+            "",
+        ]
+    elif router is not None and used == 0:
+        lines += [
+            "No ticket of this run was answered while the router kept up, so this router's"
+            " row uses an assumed routing time, never a backlog's.",
+            "",
+        ]
+    if figure:
+        lines += [f"![MTTR by routing method]({figure})", ""]
+    return lines
+
+
+def _mttr_md(m: Json) -> list[str]:
+    lines = [
+        "## MTTR details (service-desk simulation)",
         "",
         f"{m['tickets']} tickets over {_fmt(m['days'], '.3g')} day(s). Assumptions: "
         + "; ".join(f"{k} {_assumption(v)}" for k, v in m.get("assumptions", {}).items())
         + ".",
         "",
-        *_table(
-            ["scenario", "routing time", "MTTR mean h", "MTTR p90 h", "misrouted", "triaged"], rows
-        ),
-        "",
     ]
-    if speedup and speedup > 1:
-        lines += [
-            f"The measured routing time is the replay's end-to-end latency, and the replay ran"
-            f" {_fmt(speedup, '.3g')}x faster than real time: whenever that offered more tickets"
-            " per second than the worker's capacity, tickets waited in Kafka and the wait is"
-            " counted here, as it is in the simulation. Latency at real-time rates:"
-            " `ticket-router bench worker` and `ticket-router loadgen capacity`.",
-            "",
-        ]
     saved = m.get("saved_vs_baseline") or {}
     if saved:
         lines += [
@@ -255,6 +348,108 @@ def _mttr_md(m: Json, *, speedup: float | None = None) -> list[str]:
             ),
             "",
         ]
+    return lines
+
+
+def _hhmm(offset_s: float) -> str:
+    m = int(round(offset_s / 60))
+    return f"{m // 60:02d}:{m % 60:02d}"
+
+
+def _probe_md(probe: Json) -> list[str]:
+    steps = sorted(probe.get("steps", []), key=lambda s: s["offered_rate_per_s"])
+    summary = probe.get("summary") or {}
+    best = summary.get("max_sustainable_rate_per_s")
+    slo = probe.get("slo") or {}
+    return [
+        f"**Capacity probe** ({_fmt(probe.get('wall_s'), '.0f')} s, {probe.get('tickets')}"
+        " tickets, not part of the replay): open-loop steps of"
+        f" {_fmt((probe.get('plan') or {}).get('step_s'), '.3g')} s against the running"
+        f" worker, p99 <= {_fmt(slo.get('p99_s'), '.3g')} s and"
+        f" >= {_pct(slo.get('min_delivered_fraction'))} answered within the step; the first"
+        " step offers the day's busiest minute in real time. Highest passing rate: "
+        + (f"**{best:.1f} tickets/s**." if best else "none (no step met the SLO).")
+        + (f" Stopped: {summary.get('stopped_because')}." if summary else ""),
+        "",
+        *_table(
+            ["offered /s", "sent /s", "answered /s", "p50 s", "p99 s", "verdict"],
+            [
+                [
+                    _fmt(s["offered_rate_per_s"], ".1f"),
+                    _fmt(s["achieved_send_rate_per_s"], ".1f"),
+                    _fmt(s["delivered_rate_per_s"], ".1f"),
+                    _fmt(s["p50_s"], ".3f"),
+                    _fmt(s["p99_s"], ".3f"),
+                    "pass" if s["passed"] else "FAIL: " + "; ".join(s["reasons"]),
+                ]
+                for s in steps
+            ],
+        ),
+        "",
+    ]
+
+
+def _demo_md(demo: Json, probe: Json | None, replay: Json | None, collect: Json) -> list[str]:
+    """How the figures were obtained: machine, expert, probe, replayed window, phases."""
+    hw = demo.get("hardware") or {}
+    engine = hw.get("engine") or {}
+    cpu = engine.get("cpu") or {}
+    expert = demo.get("expert") or {}
+    plan = demo.get("plan") or {}
+    day = demo.get("day") or {}
+    load = hw.get("load_average_at_start") or [math.nan]
+    lines = [
+        "## How these figures were obtained",
+        "",
+        f"- **Machine**: {cpu.get('kind')} ({cpu.get('model_name')}), {hw.get('cpu_count')}"
+        f" cores; the worker's engine ran in **{engine.get('dtype')}** ({engine.get('reason')})"
+        f" with {engine.get('threads')} model thread(s). The broker, the worker, its engine"
+        f" processes and the load generator shared these cores (load average"
+        f" {_fmt(float(load[0]), '.2f')} when the demo started: other jobs on the machine"
+        " lower every figure here).",
+        f"- **Expert**: `{expert.get('model_dir')}`, "
+        + (
+            "built in this run."
+            if expert.get("built")
+            else "given on the command line."
+            if expert.get("given")
+            else "reused from the cache (built by an earlier run)."
+        ),
+    ]
+    if plan:
+        lines.append(
+            f"- **Replay**: {_hhmm(plan['from_s'])}-{_hhmm(plan['to_s'])} of"
+            f" {day.get('date')} (a business day of {day.get('tickets', 0):,} tickets"
+            f" with the day's curve and its incident storm): **{plan['tickets']:,} tickets**"
+            f" at **{plan['speedup']:.1f}x** in {plan['wall_s'] / 60:.1f} min. Speed-up:"
+            f" {plan['why']}; the busiest minute (real {plan['day_peak_per_s']:.2f}/s) was"
+            f" offered at {plan['offered_peak_per_s']:.1f}/s. The latencies below are the"
+            " router's at that offered load (higher than the real day's), not a backlog of"
+            " compression."
+        )
+    if replay and replay.get("stopped_early"):
+        lines.append(f"- The replay stopped early: {replay['sent']} of {replay['planned']} sent.")
+    if demo.get("interrupted_in"):
+        lines.append(
+            f"- **Interrupted by the user during the {demo['interrupted_in']}**: the figures"
+            " cover what was sent and answered until then."
+        )
+    lines.append(
+        f"- **Drain**: the collector waited while the router made progress; it stopped"
+        f" because: {collect.get('stop_reason', 'n/a')}. Not routed when the run ended:"
+        f" {collect.get('not_routed', 0)}; LOST: {collect.get('lost', 0)}."
+    )
+    phases = demo.get("phases") or []
+    if phases:
+        lines.append(
+            "- **Wall time** by phase: "
+            + ", ".join(f"{p['phase']} {p['wall_s']:.0f} s" for p in phases)
+            + f"; {demo.get('wall_s_before_report', 0) / 60:.1f} min before the report"
+            f" (budget {demo.get('budget_s', 0) / 60:.0f} min for this command)."
+        )
+    lines.append("")
+    if probe:
+        lines += _probe_md(probe)
     return lines
 
 
@@ -291,7 +486,15 @@ def _capacity_md(cap: Json) -> list[str]:
 
 def markdown(report: Json, figures: Mapping[str, str]) -> str:
     """The report as Markdown; `figures` maps a caption to a PNG path relative to it."""
-    lines = ["# Ticket router: load test and capacity report", ""]
+    demo = report.get("demo")
+    title = "demo report" if demo else "load test and capacity report"
+    lines = [f"# Ticket router: {title}", ""]
+    figures = dict(figures)
+    mttr_png = figures.pop(MTTR_CAPTION, None)
+    if report.get("mttr"):
+        lines += _headline_md(report["mttr"], figure=mttr_png)
+    if demo:
+        lines += _demo_md(demo, report.get("probe"), report.get("replay"), report["collect"])
     traffic = report.get("traffic")
     if traffic:
         lines += [
@@ -303,14 +506,14 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
             f" intraday peak/trough {_fmt(traffic.get('peak_to_trough'), '.3g')};"
             f" storms: {'; '.join(traffic.get('storms') or []) or 'none'}"
             f" ({traffic.get('storm_tickets', 0)} storm tickets);"
-            f" peak {_fmt(traffic.get('peak_per_s'), '.2f')}/s (1-min bins).",
+            f" peak {_fmt(traffic.get('peak_per_s'), '.2f')}/s (1-min bins, real time).",
             "",
         ]
     if report.get("replay"):
         lines += _replay_md(report["replay"])
     lines += _collect_md(report["collect"])
     if report.get("mttr"):
-        lines += _mttr_md(report["mttr"], speedup=(report.get("replay") or {}).get("speedup"))
+        lines += _mttr_md(report["mttr"])
     if report.get("capacity"):
         lines += _capacity_md(report["capacity"])
     if figures:
@@ -318,6 +521,9 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
         lines += [f"![{caption}]({path})" for caption, path in figures.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+MTTR_CAPTION = "MTTR by routing method"
 
 
 def plot(report: Json, out_dir: Path) -> dict[str, str]:
@@ -364,16 +570,44 @@ def plot(report: Json, out_dir: Path) -> dict[str, str]:
         figures["Confusion matrix"] = _confusion_png(plt, c, out_dir)
     mttr = report.get("mttr")
     if mttr and mttr.get("results"):
-        names = [r["name"] for r in mttr["results"]]
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        x = range(len(names))
-        ax.bar([i - 0.2 for i in x], [r["mttr_mean_h"] for r in mttr["results"]], 0.4, label="mean")
-        ax.bar([i + 0.2 for i in x], [r["mttr_p90_h"] for r in mttr["results"]], 0.4, label="p90")
-        ax.set_xticks(list(x), names)
-        ax.set(ylabel="MTTR (hours)")
-        ax.legend()
-        figures["MTTR by scenario"] = _save(fig, out_dir, "mttr.png")
+        figures[MTTR_CAPTION] = _mttr_png(plt, mttr, out_dir)
+    probe = report.get("probe")
+    if probe and probe.get("steps"):
+        figures["Capacity probe: latency and answered rate by offered rate"] = _probe_png(
+            plt, probe, out_dir
+        )
     return figures
+
+
+def _mttr_png(plt: Any, mttr: Json, out_dir: Path) -> str:
+    results = mttr["results"]
+    names = [f"{r['name']}\n({_fmt(r['routing_latency_s'], '.3g')} s/ticket)" for r in results]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = range(len(names))
+    mean = ax.bar([i - 0.2 for i in x], [r["mttr_mean_h"] for r in results], 0.4, label="mean")
+    p90 = ax.bar([i + 0.2 for i in x], [r["mttr_p90_h"] for r in results], 0.4, label="p90")
+    ax.bar_label(mean, fmt="%.2f", fontsize=8)
+    ax.bar_label(p90, fmt="%.2f", fontsize=8)
+    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set(ylabel="time to resolve (hours)", title="MTTR by routing method (simulated day)")
+    ax.legend()
+    return _save(fig, out_dir, "mttr.png")
+
+
+def _probe_png(plt: Any, probe: Json, out_dir: Path) -> str:
+    steps = sorted(probe["steps"], key=lambda s: s["offered_rate_per_s"])
+    x = [s["offered_rate_per_s"] for s in steps]
+    fig, (lat, rate) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("p99_s", "p50_s"):
+        lat.plot(x, [math.nan if s[key] is None else s[key] for s in steps], marker="o", label=key)
+    lat.axhline(probe["slo"]["p99_s"], color="red", linestyle="--", label="SLO p99")
+    lat.set(xlabel="offered rate (tickets/s)", ylabel="end-to-end latency (s)", yscale="log")
+    lat.legend()
+    rate.plot(x, [s["delivered_rate_per_s"] for s in steps], marker="o", label="answered")
+    rate.plot([0, max(x)], [0, max(x)], color="grey", linestyle=":", label="answered = offered")
+    rate.set(xlabel="offered rate (tickets/s)", ylabel="tickets/s")
+    rate.legend()
+    return _save(fig, out_dir, "probe.png")
 
 
 def _confusion_png(plt: Any, c: Json, out_dir: Path) -> str:

@@ -14,8 +14,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from loadgen.collect import OutputTopics, account, read_outputs
+from loadgen.collect import account
 from loadgen.itsm_formats import PayloadFormat
+from loadgen.outputs import OutputTopics, RouterOffsets, read_outputs
 from loadgen.replay import (
     HEADER_SENT_AT_NS,
     CorpusItem,
@@ -152,10 +153,18 @@ def test_bounded_replay_stops_at_its_wall_limit(bootstrap: str, unique: str) -> 
 
 
 def stand_in_router(
-    bootstrap: str, inbound: str, n: int, *, topics: dict[str, str], triage: str, dead: str
+    bootstrap: str,
+    inbound: str,
+    n: int,
+    *,
+    topics: dict[str, str],
+    triage: str,
+    dead: str,
+    group: str,
 ) -> list[str]:
-    """Route like a worker would, with known faults: drop #0, repeat #1, triage #2,
-    dead-letter #3, misroute #4. Returns the ticket ids in replay order."""
+    """Route like a worker would, with known faults: drop #0 (and commit past it, a real
+    loss), repeat #1, triage #2, dead-letter #3, misroute #4. Returns the ticket ids in
+    replay order."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     records = sorted(read_all(bootstrap, inbound, n), key=lambda m: m.key())
     ids = []
@@ -204,6 +213,14 @@ def stand_in_router(
         for _ in range(2 if i == 1 else 1):
             producer.produce(out.topic, out.model_dump_json().encode(), key=ticket.id.encode())
     assert producer.flush(30) == 0
+    ends: dict[int, int] = {}
+    for msg in records:
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+    committer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    committer.commit(
+        offsets=[TopicPartition(inbound, p, o) for p, o in ends.items()], asynchronous=False
+    )
+    committer.close()
     return ids
 
 
@@ -223,7 +240,10 @@ def test_collect_finds_lost_duplicated_triaged_dead_lettered_and_misrouted(
         manifest=manifest,
         progress=False,
     )
-    ids = stand_in_router(bootstrap, inbound, n, topics=routed, triage=triage, dead=dead)
+    group = f"stand-in-{unique}"
+    ids = stand_in_router(
+        bootstrap, inbound, n, topics=routed, triage=triage, dead=dead, group=group
+    )
     rows = [json.loads(line) for line in manifest.getvalue().splitlines()]
     manifest_rows = [ManifestRow(**r) for r in rows]
     observations = read_outputs(
@@ -234,9 +254,15 @@ def test_collect_finds_lost_duplicated_triaged_dead_lettered_and_misrouted(
         idle_timeout_s=3.0,
         deadline_s=60.0,
     )
-    acc = account(manifest_rows, observations, labels=QUEUES, bin_s=1.0)
+    partitions = {r.partition for r in manifest_rows if r.partition is not None}
+    with RouterOffsets(bootstrap, group_id=group, topic=inbound, partitions=partitions) as offs:
+        committed = offs.read()
+    acc = account(manifest_rows, observations, labels=QUEUES, bin_s=1.0, committed=committed)
     assert acc.sent == n
-    assert acc.lost_ids == [ids[0]]
+    assert acc.lost_ids == [ids[0]] and acc.not_routed == 0
+    # Without the router's offsets nothing can be called lost.
+    blind = account(manifest_rows, observations, labels=QUEUES, bin_s=1.0)
+    assert (blind.lost, blind.not_routed_ids) == (0, [ids[0]])
     assert acc.duplicated_ids == {ids[1]: 2}
     assert (acc.triaged, acc.dead_lettered, acc.routed) == (1, 1, n - 3)
     assert acc.accuracy_routed == pytest.approx((n - 4) / (n - 3))

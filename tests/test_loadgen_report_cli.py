@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 from loadgen.cli import app
 from loadgen.collect import Observation, OutputKind, account
 from loadgen.replay import ManifestRow
-from loadgen.report import CapacityInputs, build, capacity, measured_capacity, write
+from loadgen.report import (
+    CapacityInputs,
+    _headline_md,
+    build,
+    capacity,
+    measured_capacity,
+    write,
+)
 
 runner = CliRunner()
 
@@ -120,12 +127,15 @@ def test_report_writes_markdown_json_and_figures(tmp_path: Path) -> None:
     report = build(collect=sample_collect(), mttr=mttr, capacity_figures=cap)
     paths = write(report, tmp_path)
     md = paths["markdown"].read_text()
-    assert "| 40 | 39 | 0 | 0 | 1 | 0 | 0 |" in md  # sent routed triage DL LOST DUP unexpected
-    assert "MTTR by scenario" in md and "Capacity and cost" in md
+    # sent routed triage DL not-routed LOST DUP unexpected: T39 was never committed past
+    assert "| 40 | 39 | 0 | 0 | 1 | 0 | 0 | 0 |" in md
+    assert "Headline: time to resolve a ticket (MTTR)" in md and "Capacity and cost" in md
     for png in ("rates.png", "latency.png", "confusion.png", "mttr.png"):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"]({png})" in md
-    assert json.loads(paths["json"].read_text())["headline"]["lost"] == 1
+    headline = json.loads(paths["json"].read_text())["headline"]
+    assert (headline["lost"], headline["not_routed_when_run_ended"]) == (0, 1)
+    assert [r["name"] for r in headline["mttr"]] == ["this router", "manual dispatch"]
 
 
 def test_cli_module_imports_no_heavy_library() -> None:
@@ -156,7 +166,7 @@ def test_mttr_command_compares_three_scenarios(tmp_path: Path) -> None:
     assert set(data["saved_vs_baseline"]) == {"this router (assumed)", "cloud LLM router"}
 
 
-def test_replay_then_collect_commands_without_a_router_report_everything_lost(
+def test_replay_then_collect_commands_without_a_router_report_everything_not_routed(
     bootstrap: str, taxonomy_file: Path, tmp_path: Path
 ) -> None:
     from schemas.taxonomy import Taxonomy
@@ -209,17 +219,56 @@ def test_replay_then_collect_commands_without_a_router_report_everything_lost(
     )
     assert collected.exit_code == 0, collected.output
     data = json.loads((tmp_path / "run" / "collect.json").read_text())
-    assert (data["sent"], data["lost"], data["routed"]) == (25, 25, 0)
+    # No router ever committed: the tickets are waiting in the inbound topic, not lost.
+    assert (data["sent"], data["lost"], data["not_routed"], data["routed"]) == (25, 0, 25, 0)
+    assert data["stop_reason"] == "stalled" and data["router_committed"] == {}
     reported = runner.invoke(app, ["report", "--dir", run_dir])
     assert reported.exit_code == 0, reported.output
     assert (tmp_path / "run" / "report.md").exists()
 
 
-def test_mttr_section_says_a_compressed_replay_counts_its_backlog_in_the_routing_time() -> None:
-    from loadgen.report import _mttr_md
+def _outcome_row(i: int, *, latency_s: float, backlogged: bool) -> dict[str, object]:
+    return {
+        "ticket_id": f"T{i}",
+        "truth": "hardware" if i % 2 else "software",
+        "storm": None,
+        "sent_at": 1_800_000_000.0 + i,
+        "kind": "routed",
+        "predicted": "hardware" if i % 2 else "software",
+        "confidence": 0.9,
+        "done_at": 1_800_000_000.0 + i + latency_s,
+        "latency_s": latency_s,
+        "queue_wait_s": None,
+        "inference_s": None,
+        "publish_s": None,
+        "backlogged": backlogged,
+    }
 
-    mttr = {"tickets": 1, "days": 1.0, "assumptions": {}, "results": []}
-    caveat = "faster than real time"
-    assert any(caveat in line for line in _mttr_md(mttr, speedup=144.0))
-    assert not any(caveat in line for line in _mttr_md(mttr, speedup=None))
-    assert not any(caveat in line for line in _mttr_md(mttr, speedup=1.0))
+
+def test_a_demo_backlog_never_reaches_the_routers_mttr_row(tmp_path: Path) -> None:
+    # 200 tickets answered in 0.1 s while the router kept up, 800 sent into a backlog that
+    # made them wait 300 s (more than a dispatcher's 240 s): the backlog must not count.
+    rows = [_outcome_row(i, latency_s=0.1, backlogged=False) for i in range(200)]
+    rows += [_outcome_row(i, latency_s=300.0, backlogged=True) for i in range(200, 1000)]
+    (tmp_path / "outcomes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["mttr", "--dir", str(tmp_path), "--volume", "3000"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "mttr.json").read_text())
+    router = next(r for r in data["results"] if r["name"] == "this router (measured)")
+    assert router["routing_latency_s"] == pytest.approx(0.1)
+    assert data["assumptions"]["measured_decisions"] == 200
+    assert data["assumptions"]["backlogged_decisions_left_out"] == 800
+    saved = data["saved_vs_baseline"]["this router (measured)"]
+    assert saved["reference_hours_per_day"] > 0
+    md = "\n".join(_headline_md(data, figure=None))
+    assert "800 tickets sent while it was saturated are left out" in md
+
+
+def test_only_backlogged_measurements_leave_the_router_row_assumed(tmp_path: Path) -> None:
+    rows = [_outcome_row(i, latency_s=300.0, backlogged=True) for i in range(100)]
+    (tmp_path / "outcomes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["mttr", "--dir", str(tmp_path), "--volume", "3000"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "mttr.json").read_text())
+    assert data["results"][0]["name"] == "this router (assumed)"
+    assert data["results"][0]["routing_latency_s"] == pytest.approx(0.2)
