@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict
 
+from loadgen.corpus_drift import NEW_PRODUCT_INTENTS, NEW_PRODUCT_QUEUE, Drift
 from schemas.ticket import Priority, SourceSystem, Ticket
 
 _EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -902,9 +903,21 @@ def _decorate(body: str, rng: random.Random, mix: CorpusMix) -> str:
     return text
 
 
-def _one(index: int, rng: random.Random, mix: CorpusMix) -> LabeledTicket:
+def _new_product(rng: random.Random) -> tuple[str, str]:
+    subjects, bodies = rng.choice(NEW_PRODUCT_INTENTS)
+    subject, body = _fill(rng.choice(subjects), rng), _fill(rng.choice(bodies), rng)
+    if rng.random() < 0.15:
+        body = f"{body} {rng.choice(_URGENT)}."
+    return subject, body
+
+
+def _one(index: int, rng: random.Random, mix: CorpusMix, drift: Drift | None) -> LabeledTicket:
     queue = rng.choice(QUEUES)
-    if rng.random() < mix.vague:
+    # Without a drift no extra number is drawn: the default corpus stays byte-identical.
+    if drift is not None and drift.new_product > 0 and rng.random() < drift.new_product:
+        queue = NEW_PRODUCT_QUEUE
+        subject, body = _new_product(rng)
+    elif rng.random() < mix.vague:
         subject, body = rng.choice(_VAGUE)
         hint_subject, _ = _symptom(queue, rng)
         subject = f"{subject} - {hint_subject}" if rng.random() < 0.5 else subject
@@ -913,6 +926,8 @@ def _one(index: int, rng: random.Random, mix: CorpusMix) -> LabeledTicket:
     label = queue
     if rng.random() < mix.misroute:
         label = rng.choice(QUEUES)
+    if drift is not None:
+        label = drift.label(label)
     body = _decorate(body, rng, mix)
     priority = _priority(queue, f"{subject} {body}", rng)
     person = rng.choice(_SLOTS["person"]).lower()
@@ -935,20 +950,25 @@ def _one(index: int, rng: random.Random, mix: CorpusMix) -> LabeledTicket:
     return LabeledTicket(ticket=ticket, queue=label, priority=priority)
 
 
-def generate(n: int, *, seed: int, mix: CorpusMix | None = None) -> list[LabeledTicket]:
-    """Generate `n` labeled tickets; the same `n`, `seed` and `mix` give the same tickets.
+def generate(
+    n: int, *, seed: int, mix: CorpusMix | None = None, drift: Drift | None = None
+) -> list[LabeledTicket]:
+    """Generate `n` labeled tickets; the same `n`, `seed`, `mix` and `drift` give the same
+    tickets.
 
     Args:
         n: number of tickets.
         seed: random seed.
         mix: shares of the special kinds of ticket.
+        drift: how the tickets differ from the default corpus (`loadgen.corpus_drift`: a new
+            product's tickets, an older desk's labels); None: the default corpus.
 
     Returns:
         The tickets, ids INC0000001.. in order.
     """
     mix = mix or CorpusMix()
     rng = random.Random(seed)  # noqa: S311 - seeded test data, not security
-    return [_one(i, rng, mix) for i in range(n)]
+    return [_one(i, rng, mix, drift) for i in range(n)]
 
 
 def write_jsonl(tickets: list[LabeledTicket], path: Path) -> None:
@@ -964,13 +984,26 @@ def corpus_command(
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of tickets.")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    drift: Annotated[
+        str | None,
+        typer.Option(
+            "--drift",
+            help="old-desk: cloud tickets filed under servers_storage (an older desk);"
+            " new-product: a quarter of the tickets about a product the default corpus never"
+            " mentions. Default: neither.",
+        ),
+    ] = None,
 ) -> None:
     """Write a seeded, labeled synthetic ticket corpus as JSONL (text, label, priority, ticket)."""
     from collections import Counter
 
     from rich.console import Console
 
-    tickets = generate(n, seed=seed)
+    from loadgen.corpus_drift import DRIFTS
+
+    if drift is not None and drift not in DRIFTS:
+        raise typer.BadParameter(f"--drift must be one of {', '.join(DRIFTS)}")
+    tickets = generate(n, seed=seed, drift=DRIFTS[drift] if drift else None)
     write_jsonl(tickets, out)
     counts = Counter(t.queue for t in tickets)
     Console().print(
