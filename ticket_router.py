@@ -15,6 +15,7 @@ from loadgen.cli import demo
 from schemas.cli import app as schemas_app
 from worker.cli import broker_app, topics_app, worker
 from worker.feedback_cli import decisions_app, feedback
+from worker.retrain_cli import retrain
 from worker.route import route
 from worker.tail import tail
 
@@ -27,6 +28,8 @@ app = typer.Typer(
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+# Retraining reads the decision log (worker), which the expert package must not import.
+expert_app.command("retrain")(retrain)
 app.add_typer(expert_app, name="expert")
 app.add_typer(loadgen_app, name="loadgen")
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
