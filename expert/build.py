@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,21 +427,46 @@ def build_expert(
         The card written to `out_dir/expert.json`.
     """
     config = config or BuildConfig()
+    return build_on_train_part(
+        data_path,
+        out_dir,
+        text_col=text_col,
+        label_col=label_col,
+        split_seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        taxonomy_labels=taxonomy_labels,
+        train=lambda rows, labels: train_scratch(
+            rows, out_dir, labels=labels, config=config, on_progress=on_progress
+        ),
+    )
+
+
+def build_on_train_part(
+    data_path: Path,
+    out_dir: Path,
+    *,
+    text_col: str,
+    label_col: str,
+    split_seed: int,
+    test_fraction: float,
+    taxonomy_labels: Sequence[str] | None,
+    train: Callable[[Examples, list[str]], Trained],
+) -> ExpertCard:
+    """One model trained on the train part of `data_path` (no lexical model, no fusion):
+    read, split, choose the labels, `train(rows, labels)`, record the split in the card."""
     started = time.perf_counter()
     examples = read_examples(data_path, text_col=text_col, label_col=label_col)
-    parts = split(examples, seed=config.split_seed, test_fraction=config.test_fraction)
+    parts = split(examples, seed=split_seed, test_fraction=test_fraction)
     labels = choose_labels(examples.labels, taxonomy_labels)
-    trained = train_scratch(
-        parts.train, out_dir, labels=labels, config=config, on_progress=on_progress
-    )
+    trained = train(parts.train, labels)
     card = trained.card.model_copy(
         update={
             "training": training_info(
                 data_path=Path(data_path),
                 text_col=text_col,
                 label_col=label_col,
-                split_seed=config.split_seed,
-                test_fraction=config.test_fraction,
+                split_seed=split_seed,
+                test_fraction=test_fraction,
                 train_examples=len(parts.train),
                 test_examples=len(parts.test),
                 trained=trained,

@@ -220,6 +220,27 @@ def _print_build(console: object, report: object) -> None:
     )
 
 
+@app.command("merge")
+def merge_command(
+    model: Annotated[Path, typer.Option("--model", help="A LoRA expert folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged full model.")],
+) -> None:
+    """Fold a LoRA expert's adapter into its base: served without per-request LoRA cost."""
+    from rich.console import Console
+
+    from expert.bases import BaseModelError
+    from expert.build import BuildError
+    from expert.llm import merge_adapter
+
+    console = Console()
+    try:
+        card = merge_adapter(model, out)
+    except (BuildError, BaseModelError, OSError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(f"[green]merged[/] {card.model_id} onto {card.base_model} -> {out}")
+
+
 @app.command("eval")
 def evaluate_command(
     model: Annotated[Path, typer.Option("--model", help="Expert (or adapter) directory.")],

@@ -12,7 +12,6 @@ imports vllm and never prints.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +24,9 @@ from expert import bases, hardware
 from expert.build import (
     BuildError,
     Trained,
-    choose_labels,
+    build_on_train_part,
     parameter_counts,
     precision_record,
-    training_info,
     write_card,
 )
 from expert.card import CLASSIFIER_TEMPLATE, ExpertCard
@@ -36,8 +34,6 @@ from expert.dataset import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     Examples,
-    read_examples,
-    split,
 )
 from expert.hardware import Requested
 from expert.prompt import classifier_token_ids
@@ -424,33 +420,15 @@ def build_classifier(
         if not (Path(base_dir) / "config.json").is_file():
             raise BuildError(f"{base_dir}: no config.json, not a base model directory")
         config = config.model_copy(update={"base": str(base_dir)})
-    started = time.perf_counter()
-    examples = read_examples(data_path, text_col=text_col, label_col=label_col)
-    parts = split(examples, seed=config.split_seed, test_fraction=config.test_fraction)
-    labels = choose_labels(examples.labels, taxonomy_labels)
-    trained = train_classifier(
-        parts.train, out_dir, labels=labels, config=config, on_progress=on_progress
+    return build_on_train_part(
+        data_path,
+        out_dir,
+        text_col=text_col,
+        label_col=label_col,
+        split_seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        taxonomy_labels=taxonomy_labels,
+        train=lambda rows, labels: train_classifier(
+            rows, out_dir, labels=labels, config=config, on_progress=on_progress
+        ),
     )
-    card = trained.card.model_copy(
-        update={
-            "training": training_info(
-                data_path=Path(data_path),
-                text_col=text_col,
-                label_col=label_col,
-                split_seed=config.split_seed,
-                test_fraction=config.test_fraction,
-                train_examples=len(parts.train),
-                test_examples=len(parts.test),
-                trained=trained,
-                build_time_s=time.perf_counter() - started,
-            )
-        }
-    )
-    write_card(Path(out_dir), card)
-    log.info(
-        "classifier_build_finished",
-        out_dir=str(out_dir),
-        final_loss=trained.result.final_loss,
-        latency_s=card.training.build_time_s if card.training else None,
-    )
-    return card

@@ -233,9 +233,7 @@ def _free_cores(capability: CpuCapability, busy: float | None) -> int:
     return max(1, min(capability.cores, math.floor(capability.cores - load + 0.5)))
 
 
-def engine_threads(
-    capability: CpuCapability, *, streaming: bool, busy: float | None = None
-) -> int:
+def engine_threads(capability: CpuCapability, *, streaming: bool, busy: float | None = None) -> int:
     """OpenMP threads for a vLLM engine's model on this CPU.
 
     Offline batches (eval, bench, a build's scoring) take the cores that are free now. A

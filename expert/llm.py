@@ -11,7 +11,6 @@ It never imports vllm and never prints.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from expert import bases, hardware
 from expert.build import (
+    BuildError,
     Trained,
     answer_token_loss,
-    choose_labels,
+    build_on_train_part,
     encode_prompts,
     parameter_counts,
     pick_label_tokens,
     precision_record,
-    training_info,
     write_card,
 )
 from expert.card import CARD_FILENAME, AdapterInfo, ExpertCard
-from expert.dataset import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, Examples, read_examples, split
+from expert.dataset import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, Examples
 from expert.hardware import Requested
+from expert.lexical import LEXICAL_DIR
 from expert.prompt import DEFAULT_TEMPLATE
 from expert.training import ProgressCallback, Schedule, torch_threads, train
 
@@ -235,33 +235,56 @@ def build_lora(
         The card written to `out_dir/expert.json`.
     """
     config = config or LlmConfig()
-    started = time.perf_counter()
-    examples = read_examples(data_path, text_col=text_col, label_col=label_col)
-    parts = split(examples, seed=config.split_seed, test_fraction=config.test_fraction)
-    labels = choose_labels(examples.labels, taxonomy_labels)
-    trained = train_lora(
-        parts.train,
+    return build_on_train_part(
+        data_path,
         out_dir,
-        labels=labels,
-        config=config,
-        bases_dir=bases_dir,
-        on_progress=on_progress,
+        text_col=text_col,
+        label_col=label_col,
+        split_seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        taxonomy_labels=taxonomy_labels,
+        train=lambda rows, labels: train_lora(
+            rows,
+            out_dir,
+            labels=labels,
+            config=config,
+            bases_dir=bases_dir,
+            on_progress=on_progress,
+        ),
     )
-    card = trained.card.model_copy(
-        update={
-            "training": training_info(
-                data_path=Path(data_path),
-                text_col=text_col,
-                label_col=label_col,
-                split_seed=config.split_seed,
-                test_fraction=config.test_fraction,
-                train_examples=len(parts.train),
-                test_examples=len(parts.test),
-                trained=trained,
-                build_time_s=time.perf_counter() - started,
-            )
-        }
-    )
-    write_card(Path(out_dir), card)
-    log.info("lora_build_finished", out_dir=str(out_dir), final_loss=trained.result.final_loss)
-    return card
+
+
+def merge_adapter(
+    adapter_dir: Path, out_dir: Path, *, bases_dir: Path = bases.DEFAULT_BASES_DIR
+) -> ExpertCard:
+    """Fold a LoRA expert's adapter into its base: a full model folder vLLM serves without
+    LoRA (no per-request adapter cost), with the same card minus the adapter, and the
+    lexical model if the expert has one.
+
+    Raises:
+        BuildError: `adapter_dir` is not a LoRA expert.
+        bases.BaseModelError: its base cannot be found.
+    """
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    card = ExpertCard.from_json((Path(adapter_dir) / CARD_FILENAME).read_text("utf-8"))
+    if card.adapter is None or card.base_model is None:
+        raise BuildError(f"{adapter_dir}: not a LoRA expert (its card names no adapter)")
+    base_dir = bases.resolve(card.base_model, bases_dir=bases_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    lexical = Path(adapter_dir) / LEXICAL_DIR
+    if lexical.is_dir():
+        shutil.copytree(lexical, out_dir / LEXICAL_DIR, dirs_exist_ok=True)
+    merged_card = card.model_copy(update={"adapter": None})
+    write_card(out_dir, merged_card)
+    log.info("lora_merged", adapter_dir=str(adapter_dir), out_dir=str(out_dir))
+    return merged_card

@@ -150,82 +150,71 @@ class RecipeConfig(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class TrainJob:
+    """What a candidate trains on and within."""
+
+    fit: Examples
+    validation: Examples
+    folder: Path
+    labels: Sequence[str]
+    budget_s: float
+    progress: ProgressCallback | None
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A neural candidate: how to train it and its share of the time budget."""
 
     name: str
     weight: float
-    train: Callable[[RecipeConfig, Examples, Examples, Path, Sequence[str], float, Any], Trained]
+    train: Callable[[RecipeConfig, TrainJob], Trained]
 
 
-def _train_scratch(
-    cfg: RecipeConfig,
-    fit: Examples,
-    val: Examples,
-    out: Path,
-    labels: Sequence[str],
-    budget_s: float,
-    progress: ProgressCallback | None,
-) -> Trained:
-    config = cfg.scratch.model_copy(
-        update={"precision": cfg.precision, "num_threads": cfg.num_threads, "seed": cfg.seed}
-    )
-    return train_scratch(
-        fit, out, labels=labels, config=config, time_budget_s=budget_s, on_progress=progress
-    )
-
-
-def _train_encoder(
-    cfg: RecipeConfig,
-    fit: Examples,
-    val: Examples,
-    out: Path,
-    labels: Sequence[str],
-    budget_s: float,
-    progress: ProgressCallback | None,
-) -> Trained:
-    config = cfg.encoder.model_copy(
-        update={"precision": cfg.precision, "num_threads": cfg.num_threads, "seed": cfg.seed}
-    )
-    return train_classifier(
-        fit,
-        out,
-        labels=labels,
-        config=config,
-        validation=val,
-        bases_dir=cfg.bases_dir,
-        time_budget_s=budget_s,
-        on_progress=progress,
-    )
-
-
-def _train_llm(
-    cfg: RecipeConfig,
-    fit: Examples,
-    val: Examples,
-    out: Path,
-    labels: Sequence[str],
-    budget_s: float,
-    progress: ProgressCallback | None,
-) -> Trained:
-    config = cfg.llm.model_copy(
-        update={"precision": cfg.precision, "num_threads": cfg.num_threads, "seed": cfg.seed}
-    )
-    return train_lora(
-        fit,
-        out,
-        labels=labels,
-        config=config,
-        bases_dir=cfg.bases_dir,
-        time_budget_s=budget_s,
-        on_progress=progress,
-    )
+def _shared(cfg: RecipeConfig) -> dict[str, Any]:
+    """Settings every candidate takes from the recipe."""
+    return {"precision": cfg.precision, "num_threads": cfg.num_threads, "seed": cfg.seed}
 
 
 CANDIDATES: dict[str, Candidate] = {
-    "scratch": Candidate("scratch", 1.0, _train_scratch),
-    "encoder": Candidate("encoder", 1.0, _train_encoder),
-    "llm-lora": Candidate("llm-lora", 2.5, _train_llm),
+    "scratch": Candidate(
+        "scratch",
+        1.0,
+        lambda cfg, job: train_scratch(
+            job.fit,
+            job.folder,
+            labels=job.labels,
+            config=cfg.scratch.model_copy(update=_shared(cfg)),
+            time_budget_s=job.budget_s,
+            on_progress=job.progress,
+        ),
+    ),
+    "encoder": Candidate(
+        "encoder",
+        1.0,
+        lambda cfg, job: train_classifier(
+            job.fit,
+            job.folder,
+            labels=job.labels,
+            config=cfg.encoder.model_copy(update=_shared(cfg)),
+            validation=job.validation,
+            bases_dir=cfg.bases_dir,
+            time_budget_s=job.budget_s,
+            on_progress=job.progress,
+        ),
+    ),
+    "llm-lora": Candidate(
+        "llm-lora",
+        2.5,
+        lambda cfg, job: train_lora(
+            job.fit,
+            job.folder,
+            labels=job.labels,
+            config=cfg.llm.model_copy(update=_shared(cfg)),
+            bases_dir=cfg.bases_dir,
+            time_budget_s=job.budget_s,
+            on_progress=job.progress,
+        ),
+    ),
 }
 
 
@@ -314,7 +303,7 @@ def _served_probabilities(
 
 def _budgets(plan: PresetPlan, remaining_s: float, done: int) -> float:
     """The training budget of candidate number `done` (0-based) given the time left."""
-    pending = [CANDIDATES[name].weight for name in plan.candidates[done:]]
+    pending = [c.weight if (c := CANDIDATES.get(name)) else 1.0 for name in plan.candidates[done:]]
     # Each candidate also needs ~10% of its time to be scored through vLLM afterwards.
     return max(0.0, remaining_s * 0.9 * pending[0] / sum(pending))
 
@@ -441,10 +430,12 @@ def _run_candidate(
     started = time.perf_counter()
     try:
         if progress_for is None:
-            trained = candidate.train(config, fit, val, folder, labels, budget_s, None)
+            trained = candidate.train(config, TrainJob(fit, val, folder, labels, budget_s, None))
         else:
             with progress_for(f"training {name}") as progress:
-                trained = candidate.train(config, fit, val, folder, labels, budget_s, progress)
+                trained = candidate.train(
+                    config, TrainJob(fit, val, folder, labels, budget_s, progress)
+                )
     except (BuildError, bases.BaseModelError) as exc:
         return CandidateOutcome(name, skipped=str(exc))
     seconds = time.perf_counter() - started
