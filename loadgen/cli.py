@@ -758,6 +758,16 @@ def _mount_corpus() -> None:
 _mount_corpus()
 
 
+def _mount_drift() -> None:
+    # The drift scenario owns its options (loadgen.drift), as the corpus command does.
+    from loadgen.drift import drift_command
+
+    app.command("drift")(drift_command)
+
+
+_mount_drift()
+
+
 # --- ticket-router demo: broker + worker + probe + replay + collect + mttr + report ---------
 
 
