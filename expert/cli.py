@@ -126,7 +126,8 @@ def build(
     from expert.recipe import build as build_recipe
     from schemas.taxonomy import Taxonomy, TaxonomyError
 
-    console = Console()
+    console = _wide_console()
+    assert isinstance(console, Console)
     try:
         config = _recipe_config(
             config_file=config_file,
@@ -164,6 +165,15 @@ def build(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     _print_build(console, report)
+
+
+def _wide_console() -> object:
+    """A console that does not squeeze tables into 80 columns when output goes to a file."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def _print_build(console: object, report: object) -> None:
@@ -269,7 +279,8 @@ def evaluate_command(
         summary_rows,
     )
 
-    console = Console()
+    console = _wide_console()
+    assert isinstance(console, Console)
     if dtype not in hardware.REQUESTED_VALUES:
         console.print(f"[red]--dtype must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
         raise typer.Exit(2)
