@@ -155,13 +155,13 @@ def test_the_pointer_is_never_seen_torn_while_it_is_replaced(tmp_path: Path) -> 
     reader = threading.Thread(target=poll)
     reader.start()
     try:
-        for i in range(200):
+        for i in range(60):
             reg.promote(names[i % 2], reason="flip")
     finally:
         stop.set()
         reader.join()
     assert seen <= set(names) and seen
-    assert len(reg.history()) == 201
+    assert len(reg.history()) == 61
 
 
 def test_a_bad_root_or_pointer_is_an_error(tmp_path: Path) -> None:

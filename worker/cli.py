@@ -179,8 +179,14 @@ async def _serve(settings: object) -> int:
         for w in current:
             w.stop()  # type: ignore[attr-defined]
 
+    def on_hangup() -> None:
+        # SIGHUP: read the expert registry's pointer now (no restart, no drain).
+        reloaded = any(w.reload() for w in current)  # type: ignore[attr-defined]
+        log.info("reload_requested", signal="SIGHUP", registry=reloaded)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         async with started_worker(settings) as w:
             current.append(w)

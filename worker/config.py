@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -119,6 +119,24 @@ class RoutingSettings(BaseModel):
     deadline_s: float = Field(default=30.0, gt=0)
 
 
+class EngineSettings(EngineConfig, frozen=True):
+    """The expert as the worker serves it: an `EngineConfig`, and where new versions appear.
+
+    Attributes:
+        registry_dir: an expert registry (`expert.registry`). The worker serves its current
+            version (`model_dir`/`adapter_dir` only until a version is promoted) and swaps
+            to a newly promoted one without a restart. None: serve `model_dir` for good.
+        registry_poll_s: how often the registry's `current` pointer file is read (SIGHUP
+            reads it at once).
+        swap_mode: "auto" loads a new version beside the old one when the memory available
+            fits another engine, else drains first; "overlap" and "drain_first" force one.
+    """
+
+    registry_dir: Path | None = None
+    registry_poll_s: float = Field(default=2.0, gt=0)
+    swap_mode: Literal["auto", "overlap", "drain_first"] = "auto"
+
+
 class FeedbackSettings(BaseModel):
     """The feedback consumer (`ticket-router feedback`).
 
@@ -158,7 +176,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = KafkaSettings()
-    engine: EngineConfig = EngineConfig(model_dir=Path(".state/models/default-expert"))
+    engine: EngineSettings = EngineSettings(model_dir=Path(".state/models/default-expert"))
     metrics: MetricsSettings = MetricsSettings()
     routing: RoutingSettings = RoutingSettings()
     feedback: FeedbackSettings = FeedbackSettings()
@@ -167,6 +185,14 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_from_plain_config(cls, value: Any) -> Any:
+        # Callers that build an `EngineConfig` themselves get the worker's defaults added.
+        if isinstance(value, EngineConfig) and not isinstance(value, EngineSettings):
+            return value.model_dump()
+        return value
 
     @model_validator(mode="after")
     def _grace_fits_poll_interval(self) -> Self:

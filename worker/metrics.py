@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENGINE_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# A new expert version noticed -> serving new tickets: an engine load and warm-up.
+SWAP_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0)
 
 
 class Metrics:
@@ -114,5 +116,28 @@ class Metrics:
         self.build_info = Info(
             "router_build",
             "Version of the worker and the expert it serves.",
+            registry=registry,
+        )
+        self.expert_version = Info(
+            "router_expert_version",
+            "The expert version serving new tickets (registry version, served model id).",
+            registry=registry,
+        )
+        self.expert_swaps = Counter(
+            "router_expert_swaps_total",
+            "Changes to a newly promoted expert version, by result (succeeded, refused).",
+            ["result"],
+            registry=registry,
+        )
+        self.expert_swap_duration = Histogram(
+            "router_expert_swap_duration_seconds",
+            "A new expert version noticed -> serving new tickets (its engine's load and "
+            "warm-up; in drain-first mode, the pause in routing).",
+            buckets=SWAP_BUCKETS_S,
+            registry=registry,
+        )
+        self.expert_engines = Gauge(
+            "router_expert_engines",
+            "Expert engines loaded now (2 while a new version is loaded beside the old one).",
             registry=registry,
         )

@@ -69,6 +69,20 @@ class Engine(Protocol):
     def load(self) -> tuple[int, int]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class VersionedPrediction(Prediction):
+    """A prediction that names the expert version that made it.
+
+    An engine that can change version while running (`worker.swap.SwappableExpert`) answers
+    with it, so a ticket answered by the old version just before a swap is labelled and
+    thresholded by that version, not by the one serving when the ticket is published.
+    """
+
+    model_id: str = ""
+    adapter_id: str | None = None
+    recommended_threshold: float | None = None
+
+
 class Source(Protocol):
     """What the pipeline needs from the inbound consumer."""
 
@@ -342,6 +356,8 @@ class Pipeline:
             await self._dead_letter(record, exc)
             return
         structlog.contextvars.bind_contextvars(ticket_id=ticket.id)
+        # The version serving when the ticket is submitted (a deadline's triage names it).
+        model_id, adapter_id = self.engine.model_id, self.engine.adapter_id
         prediction = await self._infer(ticket)
         decided_at = _now()
         reason: TriageReason | None
@@ -349,8 +365,8 @@ class Pipeline:
             decision = RoutingDecision(
                 queue=None,
                 confidence=0.0,
-                model_id=self.engine.model_id,
-                adapter_id=self.engine.adapter_id,
+                model_id=model_id,
+                adapter_id=adapter_id,
                 engine_latency_s=self.config.deadline_s,
             )
             topic, disposition, reason = (
@@ -359,19 +375,23 @@ class Pipeline:
                 TriageReason.DEADLINE_EXCEEDED,
             )
         else:
+            threshold = self.confidence_threshold
+            if isinstance(prediction, VersionedPrediction):
+                model_id, adapter_id = prediction.model_id, prediction.adapter_id
+                threshold = effective_threshold(
+                    self.config.confidence_threshold, prediction.recommended_threshold
+                )
             decision = RoutingDecision(
                 queue=prediction.label,
                 confidence=prediction.confidence,
                 probabilities=prediction.probabilities,
-                model_id=self.engine.model_id,
-                adapter_id=self.engine.adapter_id,
+                model_id=model_id,
+                adapter_id=adapter_id,
                 engine_latency_s=prediction.latency_s,
             )
             self.metrics.inference_duration.observe(prediction.latency_s)
             self.metrics.confidence.observe(prediction.confidence)
-            topic, disposition, reason = destination(
-                self.taxonomy, prediction, self.confidence_threshold
-            )
+            topic, disposition, reason = destination(self.taxonomy, prediction, threshold)
         routed = RoutedTicket(
             ticket=ticket,
             decision=decision,
@@ -390,7 +410,9 @@ class Pipeline:
             decided_at=decided_at,
             published_at=_now(),
         )
-        headers = self._headers(record) + [(H_DISPOSITION, disposition.value.encode())]
+        headers = self._headers(record, model_id=model_id, adapter_id=adapter_id) + [
+            (H_DISPOSITION, disposition.value.encode())
+        ]
         if reason is not None:
             headers.append((H_TRIAGE_REASON, reason.value.encode()))
         await self._publish(
@@ -473,12 +495,17 @@ class Pipeline:
         self._observe_latency(record, "dead_letter")
         log.warning("ticket_dead_lettered", reason=exc.reason.value, error=str(exc)[:500])
 
-    def _headers(self, record: InboundRecord) -> list[tuple[str, bytes]]:
+    def _headers(
+        self, record: InboundRecord, *, model_id: str | None = None, adapter_id: str | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Output headers; the model that decided (default: the one serving now)."""
         trace = next((v for k, v in record.headers if k in ("traceparent", H_TRACE)), None)
         txn = [(H_TXN, self._txn_name.encode())] if self.config.exactly_once else []
+        if model_id is None:
+            model_id, adapter_id = self.engine.model_id, self.engine.adapter_id
         return txn + [
-            (H_MODEL, self.engine.model_id.encode()),
-            (H_ADAPTER, (self.engine.adapter_id or "").encode()),
+            (H_MODEL, model_id.encode()),
+            (H_ADAPTER, (adapter_id or "").encode()),
             (H_TRACE, trace or uuid.uuid4().hex.encode()),
             (H_SOURCE_TOPIC, record.topic.encode()),
             (H_SOURCE_PARTITION, str(record.partition).encode()),

@@ -14,6 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from expert.engine import ExpertLoadError, StreamingExpert, check_labels
+from expert.registry import Registry
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem
 from worker import kafka_io
@@ -24,6 +25,8 @@ from worker.health import HealthServer, build_app
 from worker.kafka_io import Publisher, Source
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline, PipelineConfig
+from worker.swap import RELEASE_MARGIN_S, SwappableExpert
+from worker.version_watch import VersionWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -92,9 +95,41 @@ class Worker:
     source: Source
     metrics: Metrics
     health_port: int | None
+    watcher: VersionWatcher | None = None
 
     def stop(self) -> None:
         self.pipeline.stop()
+
+    def reload(self) -> bool:
+        """Read the expert registry's pointer now (SIGHUP); False when there is no registry."""
+        if self.watcher is None:
+            return False
+        self.watcher.wake()
+        return True
+
+
+def _engine(
+    settings: Settings, taxonomy: Taxonomy, metrics: Metrics
+) -> StreamingExpert | SwappableExpert:
+    """The expert as configured: a fixed folder, or a registry's versions (swappable)."""
+    if settings.engine.registry_dir is None:
+        return StreamingExpert(settings.engine)
+    engine: SwappableExpert
+
+    def label_build() -> None:
+        metrics.build_info.info(
+            {"version": _version(), "model": engine.model_id, "adapter": engine.adapter_id or ""}
+        )
+
+    engine = SwappableExpert(
+        settings=settings.engine,
+        registry=Registry(settings.engine.registry_dir),
+        labels=taxonomy.labels,
+        metrics=metrics,
+        release_timeout_s=settings.routing.deadline_s + RELEASE_MARGIN_S,
+        on_switch=label_build,
+    )
+    return engine
 
 
 @contextlib.asynccontextmanager
@@ -115,11 +150,13 @@ async def started_worker(
     metrics = Metrics(registry or CollectorRegistry())
     async with contextlib.AsyncExitStack() as stack:
         # The engine first: its core process must start before librdkafka's threads exist.
-        engine = StreamingExpert(settings.engine)
+        # (A later version's engine core is spawned, which is safe beside them: worker.swap.)
+        engine = _engine(settings, taxonomy, metrics)
         try:
             await engine.start()
             stack.push_async_callback(engine.shutdown)
-            check_labels(engine.card, taxonomy.labels)
+            if isinstance(engine, StreamingExpert):
+                check_labels(engine.card, taxonomy.labels)
         except ExpertLoadError as exc:
             raise EngineUnavailableError(str(exc)) from exc
         metrics.build_info.info(
@@ -166,6 +203,16 @@ async def started_worker(
             stack.push_async_callback(server.stop)
             health_port = server.port
         metrics.ready.set_function(lambda: 1.0 if pipeline.is_ready else 0.0)
+        watcher = None
+        if isinstance(engine, SwappableExpert):
+            watcher = VersionWatcher(
+                registry=engine.registry,
+                engine=engine,
+                poll_s=settings.engine.registry_poll_s,
+                on_crash=pipeline.stop,
+            )
+            await watcher.start()
+            stack.push_async_callback(watcher.stop)
         log.info(
             "worker_started",
             settings=masked(settings),
@@ -178,6 +225,7 @@ async def started_worker(
             source=source,
             metrics=metrics,
             health_port=health_port,
+            watcher=watcher,
         )
 
 
