@@ -3,14 +3,16 @@
 Owns two decisions of `ticket-router loadgen drift`: which ticket is sent when (open-loop
 Poisson arrivals at a steady rate; before the drift moment the tickets are the older desk's
 world, after it the drifted one, see `loadgen.corpus_drift`), and when live quality says it
-is time to retrain: the accuracy the desk's feedback gives the router's decisions (the
-feedback consumer's `router_feedback_verdicts_total`) falls a stated amount below the best
-it was, and enough new feedback has arrived since to learn from. It never reads the
+is time to retrain: the accuracy the desk's feedback gives the router's most recent decisions
+(the feedback consumer's `router_feedback_verdicts_total`) falls a stated amount below the
+accuracy of every decision judged before them, by more than chance explains (a z-score), and
+enough new feedback has arrived since to learn from. It never reads the
 scenario's ground truth: the trigger sees only what production would see.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -63,8 +65,12 @@ class TriggerPolicy:
 
     Attributes:
         window_s: rolling window the live accuracy is measured over.
-        min_judged: fewer judged decisions in the window say nothing.
-        drop: fire when the window's accuracy is this far below the best window seen.
+        min_judged: fewer judged decisions in the window (or before it) say nothing.
+        drop: a drop is this far below the accuracy of the decisions judged before the
+            window ...
+        min_z: ... and this many standard errors of the difference (a two-proportion test;
+            the max of many noisy windows is no baseline: a 30 s window of ~170 decisions
+            wobbles by 1.5 points, and the desk's own mistakes look like the router's).
         labels_after_drop: then wait for this many more judged decisions (data to learn
             from and to judge the challenger on).
         max_wait_s: fire anyway this long after the first reading (None: never).
@@ -73,6 +79,7 @@ class TriggerPolicy:
     window_s: float = 30.0
     min_judged: int = 60
     drop: float = 0.05
+    min_z: float = 4.0
     labels_after_drop: int = 600
     max_wait_s: float | None = None
 
@@ -88,22 +95,40 @@ class RetrainTrigger:
     policy: TriggerPolicy
     readings: deque[tuple[float, int, int]] = field(default_factory=deque)
     started_s: float | None = None
-    best: float | None = None
+    reference: float | None = None  # accuracy before the window, when the drop was seen
     dropped_at: tuple[float, int] | None = None  # (time, judged then)
     fired: str | None = None
+
+    def _base(self) -> tuple[float, int, int]:
+        t1 = self.readings[-1][0]
+        return next(
+            (x for x in self.readings if x[0] >= t1 - self.policy.window_s), self.readings[0]
+        )
 
     def window_accuracy(self) -> tuple[float | None, int]:
         """Accuracy of the decisions judged within the window, and how many there were."""
         if len(self.readings) < 2:
             return None, 0
-        t1, c1, r1 = self.readings[-1]
-        base = next(
-            (x for x in self.readings if x[0] >= t1 - self.policy.window_s), self.readings[0]
-        )
-        judged = (c1 + r1) - (base[1] + base[2])
+        _, c1, r1 = self.readings[-1]
+        _, c0, r0 = self._base()
+        judged = (c1 + r1) - (c0 + r0)
         if judged < self.policy.min_judged:
             return None, judged
-        return (c1 - base[1]) / judged, judged
+        return (c1 - c0) / judged, judged
+
+    def _dropped(self) -> float | None:
+        """The accuracy before the window when the window is significantly below it."""
+        accuracy, judged = self.window_accuracy()
+        _, c0, r0 = self._base()
+        if accuracy is None or c0 + r0 < self.policy.min_judged:
+            return None
+        n0 = c0 + r0
+        before = c0 / n0
+        # Two-proportion z-test: both accuracies are estimates, the earlier one too.
+        pooled = (c0 + accuracy * judged) / (n0 + judged)
+        error = max(math.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / judged)), 1e-9)
+        gap = before - accuracy
+        return before if gap >= self.policy.drop and gap / error >= self.policy.min_z else None
 
     def observe(self, now_s: float, *, confirmed: int, reassigned: int) -> str | None:
         """Record the totals at `now_s`; the reason to retrain, the first time it holds (later
@@ -115,21 +140,19 @@ class RetrainTrigger:
             self.readings.popleft()
         if self.fired is not None:
             return None
-        accuracy, _ = self.window_accuracy()
         judged = confirmed + reassigned
-        if accuracy is not None:
-            self.best = accuracy if self.best is None else max(self.best, accuracy)
-            if self.dropped_at is None and accuracy < self.best - self.policy.drop:
-                self.dropped_at = (now_s, judged)
+        if self.dropped_at is None and (before := self._dropped()) is not None:
+            self.reference, self.dropped_at = before, (now_s, judged)
         if (
             self.dropped_at is not None
             and judged - self.dropped_at[1] >= self.policy.labels_after_drop
         ):
-            assert self.best is not None
+            assert self.reference is not None
             self.fired = (
-                f"live accuracy fell more than {self.policy.drop:.0%} below its best"
-                f" ({self.best:.1%}) at {self.dropped_at[0] - self.started_s:.0f} s;"
-                f" {judged - self.dropped_at[1]} decisions judged since"
+                f"live accuracy fell more than {self.policy.drop * 100:.0f} points below the"
+                f" {self.reference:.1%} of the decisions judged before at"
+                f" {self.dropped_at[0] - self.started_s:.0f} s; {judged - self.dropped_at[1]}"
+                " decisions judged since"
             )
         elif (
             self.policy.max_wait_s is not None and now_s - self.started_s >= self.policy.max_wait_s
