@@ -193,13 +193,11 @@ def _read_outputs(
         while len(seen) < wanted and time.monotonic() < deadline:
             for m in consumer.consume(num_messages=500, timeout=0.5):
                 if m.error() is None:
-                    headers = dict(m.headers() or [])
-                    seen.add(
-                        (
-                            int(headers["router.source.partition"]),
-                            int(headers["router.source.offset"]),
-                        )
-                    )
+                    headers = {str(h[0]): h[1] for h in m.headers() or []}
+                    partition = headers["router.source.partition"]
+                    offset = headers["router.source.offset"]
+                    assert isinstance(partition, bytes) and isinstance(offset, bytes)
+                    seen.add((int(partition), int(offset)))
                     out.append(m)
     finally:
         consumer.close()
