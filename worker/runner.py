@@ -157,6 +157,7 @@ async def started_worker(
             stack.push_async_callback(engine.shutdown)
             if isinstance(engine, StreamingExpert):
                 check_labels(engine.card, taxonomy.labels)
+                metrics.expert_version.info({"version": "", "model": engine.model_id})
         except ExpertLoadError as exc:
             raise EngineUnavailableError(str(exc)) from exc
         metrics.build_info.info(
