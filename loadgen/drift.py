@@ -95,6 +95,10 @@ class DriftOptions:
         window_s: the live-accuracy window.
         retrain_by_s: retrain at this many seconds of replay whatever the accuracy does.
         holdout_share: the newest share of feedback the challenger is judged on.
+        feedback_weight: each feedback row counts this many times in the challenger's data
+            (the older desk filed ~250 cloud tickets under servers; a few hundred drifted
+            tickets outweigh them only when they count more: `expert retrain
+            --feedback-weight`).
         min_eval_rows: the retrain needs at least this many slice rows.
         fmt: payload format of the replayed tickets.
     """
@@ -117,6 +121,7 @@ class DriftOptions:
     window_s: float = 30.0
     retrain_by_s: float = 330.0
     holdout_share: float = 0.2
+    feedback_weight: int = 3
     min_eval_rows: int = 100
     fmt: str = "servicenow"
 
@@ -527,6 +532,8 @@ def _start_retrain(run: _Run, state: _Live, reason: str, recipe_file: Path) -> N
             str(opts.holdout_share),
             "--min-eval-rows",
             str(opts.min_eval_rows),
+            "--feedback-weight",
+            str(opts.feedback_weight),
         ],
         env={},
         log=out / "retrain.log",
@@ -723,6 +730,9 @@ def drift_command(
     retrain_by_s: Annotated[
         float, typer.Option(min=30, help="Retrain by then anyway (seconds of replay).")
     ] = 330.0,
+    feedback_weight: Annotated[
+        int, typer.Option(min=1, help="Each feedback row counts N times in the retrain.")
+    ] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the corpora, traffic and desk.")] = 0,
 ) -> None:
     """The feedback loop end to end: an expert of an older desk, traffic that drifts (a new
@@ -742,6 +752,7 @@ def drift_command(
         drop=drop,
         labels_after_drop=labels_after_drop,
         retrain_by_s=retrain_by_s,
+        feedback_weight=feedback_weight,
         seed=seed,
     )
     code = run_drift(options)

@@ -95,6 +95,21 @@ def test_the_humans_queue_replaces_an_original_label_and_stays_out_of_the_slice(
     assert data.counts["training_rows"] == 3 + 7  # 2 original kept + INC2 relabeled + 7 older
 
 
+def test_a_feedback_weight_repeats_the_feedback_training_rows_never_the_slice() -> None:
+    original = [Row(f"o{i}", "servers_storage", f"O{i}") for i in range(5)]
+    feedback = [
+        Row(f"t{i}", "cloud_devops", f"N{i}", "feedback", T0 + timedelta(minutes=i))
+        for i in range(10)
+    ]
+    data = assemble(original, feedback, holdout=Holdout(share=0.2, min_rows=2), feedback_weight=3)
+    assert len(data.evaluation) == 2
+    assert len(data.train) == 5 + 8 * 3
+    assert data.counts["feedback_weight"] == 3 and data.counts["feedback_rows_trained_on"] == 8
+    assert not {r.ticket_id for r in data.evaluation} & {r.ticket_id for r in data.train}
+    with pytest.raises(ValueError, match="at least 1"):
+        assemble(original, feedback, holdout=Holdout(min_rows=1), feedback_weight=0)
+
+
 def test_a_time_window_holdout_takes_the_feedback_near_the_newest() -> None:
     feedback = [
         Row(f"t{i}", "hardware", f"N{i}", "feedback", T0 + timedelta(hours=i)) for i in range(8)

@@ -80,6 +80,8 @@ class RetrainRequest:
             expert).
         original_data: the champion's training data, when not where its card says (then
             used as given, whatever its digest).
+        feedback_weight: each feedback training row counts this many times (see
+            `worker.retrain_data.assemble`).
         dry_run: judge and report, never add or promote.
     """
 
@@ -91,6 +93,7 @@ class RetrainRequest:
     policy: PromotionPolicy = PromotionPolicy()
     engine: EngineConfig = EngineConfig()
     original_data: Path | None = None
+    feedback_weight: int = 1
     dry_run: bool = False
 
 
@@ -200,7 +203,12 @@ def retrain(
     registry = Registry(request.registry_dir)
     champion, card = champion_of(registry)
     original, original_path = original_rows(card, request.original_data)
-    data = assemble(original, feedback_rows(feedback), holdout=request.holdout)
+    data = assemble(
+        original,
+        feedback_rows(feedback),
+        holdout=request.holdout,
+        feedback_weight=request.feedback_weight,
+    )
     now = datetime.now(UTC)
     version = _version_name(card.model_id, now)
     run_dir = Path(request.work_dir) / version

@@ -103,6 +103,13 @@ def retrain(
     max_macro_f1_drop: Annotated[
         float, typer.Option(min=0, help="... and macro-F1 drops at most this much.")
     ] = 0.005,
+    feedback_weight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Each feedback row counts N times: newer labels outweigh an older desk's.",
+        ),
+    ] = 1,
     original_data: Annotated[
         Path | None,
         typer.Option(help="The champion's training data, when not where its card says."),
@@ -151,6 +158,7 @@ def retrain(
             ),
             engine=settings.engine,
             original_data=original_data,
+            feedback_weight=feedback_weight,
             dry_run=dry_run,
         )
     except (ValidationError, TaxonomyError, ValueError, OSError) as exc:

@@ -188,17 +188,30 @@ def _slice_start(eligible: Sequence[Row], holdout: Holdout) -> int:
     return len(eligible) - max(1, round(len(eligible) * holdout.share))
 
 
-def assemble(original: Sequence[Row], feedback: Sequence[Row], *, holdout: Holdout) -> RetrainData:
+def assemble(
+    original: Sequence[Row],
+    feedback: Sequence[Row],
+    *,
+    holdout: Holdout,
+    feedback_weight: int = 1,
+) -> RetrainData:
     """The challenger's training rows and the evaluation slice.
 
     Feedback rows are tickets a human settled. A feedback ticket whose id is also in the
     original data replaces that original row (the human's queue wins) and stays out of the
     slice (the champion may have trained on it). Of the other feedback rows, the most recent
-    (by `holdout`) are the slice; the older ones join the training rows.
+    (by `holdout`) are the slice; the older ones join the training rows, each
+    `feedback_weight` times (a desk that changed its conventions outweighs thousands of older
+    rows filed the old way only when its few hundred new rows count more; the copies may
+    then sit on both sides of the builder's own validation split, so its calibration sees
+    some rows it trained on; the promotion slice never holds a training row).
 
     Raises:
         RetrainDataError: the slice would have fewer than `holdout.min_rows` rows.
+        ValueError: a feedback weight below 1.
     """
+    if feedback_weight < 1:
+        raise ValueError("feedback_weight must be at least 1")
     feedback = sorted(feedback, key=lambda r: (r.labeled_at or datetime.min, r.ticket_id or ""))
     feedback_ids = {r.ticket_id for r in feedback if r.ticket_id is not None}
     original_ids = {r.ticket_id for r in original if r.ticket_id is not None}
@@ -218,7 +231,7 @@ def assemble(original: Sequence[Row], feedback: Sequence[Row], *, holdout: Holdo
             f" the {holdout.min_rows} needed to judge a challenger ({len(eligible)} feedback"
             " rows in all): wait for more feedback or widen the holdout"
         )
-    train = [*kept, *known, *older]
+    train = [*kept, *([*known, *older] * feedback_weight)]
     seen_texts = {r.text for r in train}
     return RetrainData(
         train=train,
@@ -229,6 +242,7 @@ def assemble(original: Sequence[Row], feedback: Sequence[Row], *, holdout: Holdo
             "feedback_rows": len(feedback),
             "feedback_rows_on_original_tickets": len(known),
             "feedback_rows_trained_on": len(known) + len(older),
+            "feedback_weight": feedback_weight,
             "training_rows": len(train),
             "evaluation_rows": len(evaluation),
             "evaluation_texts_also_in_training": sum(r.text in seen_texts for r in evaluation),
