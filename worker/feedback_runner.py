@@ -23,7 +23,7 @@ from worker.config import Settings, masked
 from worker.decision_log import DecisionLog
 from worker.feedback import FeedbackConfig, FeedbackConsumer
 from worker.feedback_metrics import FeedbackMetrics
-from worker.health import HealthServer, build_app
+from worker.health import serve_health
 from worker.kafka_io import Publisher, Reader, Source
 from worker.runner import consumer_config, producer_config
 
@@ -163,18 +163,14 @@ async def started_feedback_consumer(
         stack.push_async_callback(source.close)
         health_port = None
         if settings.metrics.enabled:
-            server = HealthServer(
-                app=build_app(
-                    registry=metrics.registry,
-                    heartbeat=lambda: consumer.heartbeat,
-                    is_ready=lambda: consumer.is_ready,
-                ),
+            health_port = await serve_health(
+                stack,
+                registry=metrics.registry,
+                heartbeat=lambda: consumer.heartbeat,
+                is_ready=lambda: consumer.is_ready,
                 host=settings.metrics.host,
                 port=settings.feedback.metrics_port,
             )
-            await server.start()
-            stack.push_async_callback(server.stop)
-            health_port = server.port
         metrics.ready.set_function(lambda: 1.0 if consumer.is_ready else 0.0)
         log.info(
             "feedback_consumer_started",

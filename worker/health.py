@@ -87,3 +87,24 @@ class HealthServer:
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+
+
+async def serve_health(
+    stack: contextlib.AsyncExitStack,
+    *,
+    registry: CollectorRegistry,
+    heartbeat: Callable[[], float],
+    is_ready: Callable[[], bool],
+    host: str,
+    port: int,
+) -> int:
+    """Start /metrics, /healthz and /readyz on `stack` (stopped when it closes); return the
+    bound port."""
+    server = HealthServer(
+        app=build_app(registry=registry, heartbeat=heartbeat, is_ready=is_ready),
+        host=host,
+        port=port,
+    )
+    await server.start()
+    stack.push_async_callback(server.stop)
+    return server.port

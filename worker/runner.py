@@ -21,7 +21,7 @@ from worker import kafka_io
 from worker.broker import DEAD_LETTER_MAX_MESSAGE_BYTES
 from worker.config import ENFORCED_CONSUMER, ENFORCED_PRODUCER, Settings, masked
 from worker.errors import EngineUnavailableError
-from worker.health import HealthServer, build_app
+from worker.health import serve_health
 from worker.kafka_io import Publisher, Source
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline, PipelineConfig
@@ -191,18 +191,14 @@ async def started_worker(
         stack.push_async_callback(source.close)
         health_port = None
         if settings.metrics.enabled:
-            server = HealthServer(
-                app=build_app(
-                    registry=metrics.registry,
-                    heartbeat=lambda: pipeline.heartbeat,
-                    is_ready=lambda: pipeline.is_ready,
-                ),
+            health_port = await serve_health(
+                stack,
+                registry=metrics.registry,
+                heartbeat=lambda: pipeline.heartbeat,
+                is_ready=lambda: pipeline.is_ready,
                 host=settings.metrics.host,
                 port=settings.metrics.port,
             )
-            await server.start()
-            stack.push_async_callback(server.stop)
-            health_port = server.port
         metrics.ready.set_function(lambda: 1.0 if pipeline.is_ready else 0.0)
         watcher = None
         if isinstance(engine, SwappableExpert):
