@@ -367,19 +367,29 @@ def plot(report: Json, path: Path) -> Path:
     line(ax3, s["p99_s"], color="tab:blue")
     ax3.set_ylabel("e2e p99 (s)")
     ax3.set_xlabel(f"minutes from the first send ({BIN_S:.0f} s bins by send time)")
+    # Labels above the top panel, promoted and swap pushed apart: they are often seconds apart.
     marks = (
-        ("drift_at", "drift", "black"),
-        ("retrain_started_at", "retrain", "tab:purple"),
-        ("promoted_at", "promoted", "tab:brown"),
-        ("switch_at", "swap", "tab:green"),
+        ("drift_at", "drift", "black", "center"),
+        ("retrain_started_at", "retrain", "tab:purple", "center"),
+        ("promoted_at", "promoted ", "tab:brown", "right"),
+        ("switch_at", " swap", "tab:green", "left"),
     )
-    for key, label, color in marks:
+    for key, label, color, align in marks:
         if t.get(key) is not None:
             for ax in (ax1, ax2, ax3):
                 ax.axvline(t[key] / 60, color=color, linestyle="--", linewidth=1)
-            ax1.text(t[key] / 60, 0.42, f" {label}", color=color, rotation=90, va="bottom")
+            ax1.text(
+                t[key] / 60,
+                1.01,
+                label,
+                color=color,
+                ha=align,
+                va="bottom",
+                fontsize=8,
+                transform=ax1.get_xaxis_transform(),
+            )
     ax1.legend(loc="lower left", fontsize=8)
-    ax1.set_title("Drift: live accuracy falls, a retrain is promoted, the worker swaps")
+    fig.suptitle("Drift: live accuracy falls, a retrain is promoted, the worker swaps")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
