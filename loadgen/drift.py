@@ -96,7 +96,7 @@ class DriftOptions:
         retrain_by_s: retrain at this many seconds of replay whatever the accuracy does.
         holdout_share: the newest share of feedback the challenger is judged on.
         feedback_weight: each feedback row counts this many times in the challenger's data
-            (the older desk filed ~250 cloud tickets under servers; a few hundred drifted
+            (the older desk filed ~230 cloud tickets under servers; a few hundred drifted
             tickets outweigh them only when they count more: `expert retrain
             --feedback-weight`).
         min_eval_rows: the retrain needs at least this many slice rows.
@@ -277,9 +277,16 @@ def _fresh(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("registry", "retrain", "broker"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in ("decisions.sqlite3", "decisions.sqlite3-wal", "decisions.sqlite3-shm"):
+    for name in (
+        "decisions.sqlite3",
+        "decisions.sqlite3-wal",
+        "decisions.sqlite3-shm",
+        "decisions.sqlite3.lock",
+    ):
         (out_dir / name).unlink(missing_ok=True)
     for name in ("manifest.jsonl", "collect.json", "outcomes.jsonl", "drift.json", "drift.md"):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in ("worker.log", "feedback.log", "retrain.log", "replay.json", "drift.png"):
         (out_dir / name).unlink(missing_ok=True)
 
 
