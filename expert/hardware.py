@@ -217,8 +217,22 @@ def choose_precision(requested: str, capability: CpuCapability) -> Precision:
     )
 
 
-def busy_cores() -> float:
-    """Cores other work keeps busy now: the 1-minute load average (0 where unknown)."""
+def busy_cores(*, samples: int = 5, interval_s: float = 0.05) -> float:
+    """Cores other work keeps busy now: the runnable tasks /proc/loadavg counts, this one
+    excluded, averaged over a few samples (the 1-minute load average, where that file is
+    missing, also counts this process's own recent work)."""
+    path = Path("/proc/loadavg")
+    counts: list[int] = []
+    for i in range(samples):
+        try:
+            running = path.read_text("ascii").split()[3].split("/")[0]
+            counts.append(int(running) - 1)
+        except (OSError, IndexError, ValueError):
+            break
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    if counts:
+        return max(0.0, sum(counts) / len(counts))
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):

@@ -190,7 +190,7 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "encoder": Candidate(
         "encoder",
-        1.0,
+        1.5,
         lambda cfg, job: train_classifier(
             job.fit,
             job.folder,
@@ -204,7 +204,7 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "llm-lora": Candidate(
         "llm-lora",
-        2.5,
+        2.0,
         lambda cfg, job: train_lora(
             job.fit,
             job.folder,
