@@ -642,9 +642,15 @@ def run_capacity(
 
     import yaml
 
-    from expert.engine import EngineConfig, engine_placement
+    from expert.engine import engine_placement
     from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
-    from worker.config import KafkaSettings, MetricsSettings, RoutingSettings, Settings
+    from worker.config import (
+        EngineSettings,
+        KafkaSettings,
+        MetricsSettings,
+        RoutingSettings,
+        Settings,
+    )
     from worker.errors import EngineUnavailableError
 
     model_dir = run.model_dir or DEFAULT_MODEL_DIR
@@ -667,7 +673,7 @@ def run_capacity(
             create_layout(bootstrap, TopicLayout.from_taxonomy(tax, partitions=run.partitions))
             settings = Settings(
                 kafka=KafkaSettings(bootstrap_servers=bootstrap, group_id=f"capacity-{run_id}"),
-                engine=EngineConfig(model_dir=model_dir, cache_dir=run.vllm_cache_dir),
+                engine=EngineSettings(model_dir=model_dir, cache_dir=run.vllm_cache_dir),
                 taxonomy_path=tax_path,
                 metrics=MetricsSettings(enabled=False),
                 # Overload must show as latency: a short deadline would triage it instead.
