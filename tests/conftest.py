@@ -11,11 +11,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
+from worker import logs
 from worker.broker import EmbeddedBroker, free_port
+
+logs.CACHE_LOGGERS = False
 
 if importlib.util.find_spec("tests.expert_fixtures") is not None:
     pytest_plugins = ["tests.expert_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _structlog_configuration_per_test() -> Iterator[None]:
+    """Each test starts with the logging configuration the previous one started with.
+
+    Commands run in-process (`route`, `tail`, the benches) configure structlog at WARNING;
+    without this, a later test's `capture_logs` would never see an info event.
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Expert fixtures: a tiny expert built in seconds, and real vLLM engines serving it.
 
 Loaded by tests/conftest.py as a pytest plugin. Session-scoped: the tiny expert is built once
-per run (about ten seconds on two cores), and each engine starts once. The same holds for the
+per run (about ten seconds on two cores), and each engine starts once (an in-process one
+again only when another test's engine tore vLLM's process-wide state down). The same holds for the
 tiny classifier expert (a random BERT fine-tuned in seconds) and its pooling-runner engines.
 """
 
@@ -118,13 +119,53 @@ def tiny_lora_dir(
     return out
 
 
+class InProcessEngine:
+    """One in-process vLLM engine shared by the tests that only query it.
+
+    vLLM keeps its parallel groups process-wide, and every in-process engine's shutdown
+    tears them down (`EngineCore.shutdown` calls `cleanup_dist_env_and_memory`): once
+    another test closes its own engine, or a leaked one is garbage-collected, a shared
+    engine would fail with "pipeline model parallel group is not initialized". The
+    worker never runs two in-process engines at once; the suite does, so `get` restarts
+    the shared engine when that state is gone.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._expert: BatchExpert | None = None
+        self.starts = 0
+
+    def get(self) -> BatchExpert:
+        import gc
+
+        from vllm.distributed.parallel_state import model_parallel_is_initialized
+
+        gc.collect()  # finalizers of leaked engines run now, not in the middle of a test
+        if self._expert is None or not model_parallel_is_initialized():
+            self.close()
+            expert = BatchExpert(self._config)
+            expert.start()
+            self._expert = expert
+            self.starts += 1
+        return self._expert
+
+    def close(self) -> None:
+        expert, self._expert = self._expert, None
+        if expert is not None:
+            expert.close()
+
+
 @pytest.fixture(scope="session")
-def batch_expert(tiny_expert_dir: Path) -> Iterator[BatchExpert]:
-    """The tiny expert in the in-process offline vLLM engine."""
-    expert = BatchExpert(tiny_engine_config(tiny_expert_dir))
-    expert.start()
-    yield expert
-    expert.close()
+def _batch_expert_engine(tiny_expert_dir: Path) -> Iterator[InProcessEngine]:
+    engine = InProcessEngine(tiny_engine_config(tiny_expert_dir))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def batch_expert(_batch_expert_engine: InProcessEngine) -> BatchExpert:
+    """The tiny expert in the in-process offline vLLM engine (shared, see InProcessEngine)."""
+    return _batch_expert_engine.get()
 
 
 @pytest.fixture(scope="session")
@@ -178,12 +219,16 @@ def tiny_classifier_dir(
 
 
 @pytest.fixture(scope="session")
-def batch_classifier(tiny_classifier_dir: Path) -> Iterator[BatchExpert]:
-    """The tiny classifier in the in-process offline vLLM engine (pooling runner)."""
-    expert = BatchExpert(tiny_engine_config(tiny_classifier_dir))
-    expert.start()
-    yield expert
-    expert.close()
+def _batch_classifier_engine(tiny_classifier_dir: Path) -> Iterator[InProcessEngine]:
+    engine = InProcessEngine(tiny_engine_config(tiny_classifier_dir))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def batch_classifier(_batch_classifier_engine: InProcessEngine) -> BatchExpert:
+    """The tiny classifier in the in-process offline engine (pooling runner, shared)."""
+    return _batch_classifier_engine.get()
 
 
 @pytest.fixture(scope="session")

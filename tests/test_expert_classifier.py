@@ -146,9 +146,7 @@ def test_vllm_class_probabilities_match_the_trained_torch_model(
         )
         with torch.no_grad():
             tokens = torch.tensor([ids])
-            logits = classifier_logits(
-                model, tokens, torch.ones_like(tokens), pooling=card.pooling
-            )
+            logits = classifier_logits(model, tokens, torch.ones_like(tokens), pooling=card.pooling)
             probs = logits[0].softmax(-1).tolist()
         assert served.probabilities == pytest.approx(
             dict(zip(card.labels, probs, strict=True)), abs=0.05

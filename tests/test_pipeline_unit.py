@@ -202,6 +202,7 @@ async def test_aborted_transaction_is_reread_and_committed_once() -> None:
         transactional_id="w1",
         transaction_max_tickets=4,
     )
+
     def all_committed() -> bool:
         return bool(pub.committed_offsets) and pub.committed_offsets[-1] == {(TOPIC, 0): n}
 

@@ -11,6 +11,11 @@ from typing import Literal
 
 import structlog
 
+# Bound loggers are cached on first use (faster in production). The test suite turns this
+# off: a logger cached under one command's configuration keeps it, and
+# `structlog.testing.capture_logs` in a later test would not see its events.
+CACHE_LOGGERS = True
+
 
 class _Stderr:
     """Writes to whatever `sys.stderr` is at write time (it may be replaced after set-up)."""
@@ -41,6 +46,6 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
