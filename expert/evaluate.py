@@ -378,10 +378,23 @@ def component_scores(
         )
         probs = _softmax_power(np.log(np.clip(neural, 1e-12, 1)), fusion.neural_alone or 1.0)
         out.append(_matrix_scores("neural alone", probs, labels, truth))
-    if has_lexical(expert_dir):
-        lexical = LexicalModel.load(lexical_dir(expert_dir)).scores(texts)
+    if has_lexical(expert_dir) and texts:
+        model = LexicalModel.load(lexical_dir(expert_dir))
+        cpu_started = time.process_time()
+        lexical = model.scores(texts)
+        cpu_s = time.process_time() - cpu_started
         probs = _softmax_power(lexical, fusion.lexical_alone or 1.0)
-        out.append(_matrix_scores("lexical alone", probs, labels, truth))
+        alone = _matrix_scores("lexical alone", probs, labels, truth)
+        # What the worker's process pays per ticket for the lexical half of a fused expert.
+        out.append(
+            alone.model_copy(
+                update={
+                    "tickets_per_s": len(texts) / cpu_s if cpu_s > 0 else None,
+                    "notes": f"{alone.notes}; {1000 * cpu_s / len(texts):.2f} ms of CPU per "
+                    "ticket in the worker's process (tickets/s: per CPU-second)",
+                }
+            )
+        )
     return out
 
 
@@ -484,6 +497,7 @@ def render_markdown(report: EvalReport) -> str:
     lines += [
         "",
         f"Expert: {report.expert.notes}. Baseline: {report.baseline.notes}.",
+        *(f"{c.name.capitalize()}: {c.notes}." for c in report.components),
         "Coverage at target precision: the largest share of test tickets that can be routed "
         "automatically (confidence >= threshold) while the routed ones are at least "
         f"{report.target_precision:.0%} correct; the rest go to the triage queue.",

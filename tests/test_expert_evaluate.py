@@ -48,6 +48,28 @@ def test_eval_report_has_its_fields_and_scores_only_held_out_tickets(
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+def test_eval_of_a_fused_expert_scores_each_part_alone_and_the_cards_threshold(
+    tiny_fused_dir: Path, tiny_corpus_path: Path, tmp_path: Path
+) -> None:
+    report = evaluate(tiny_fused_dir, tiny_corpus_path, out_dir=tmp_path)
+    card = load_card(tiny_fused_dir)
+    assert card.routing is not None
+    neural, lexical = report.components
+    assert (neural.name, lexical.name) == ("neural alone", "lexical alone")
+    for part in (neural, lexical):
+        assert sum(map(sum, part.confusion)) == report.test_examples
+    # The lexical half's CPU cost per ticket is measured, not assumed.
+    assert lexical.tickets_per_s is not None and lexical.tickets_per_s > 0
+    assert "ms of CPU per ticket" in lexical.notes
+    assert report.card_threshold == card.routing.confidence_threshold
+    assert report.card_threshold_coverage is not None
+    assert 0 < report.card_threshold_coverage <= 1
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| lexical alone |" in markdown and "Lexical alone: calibrated" in markdown
+    assert "At the card's triage threshold" in markdown
+
+
 def test_ece_is_zero_when_confidence_matches_accuracy() -> None:
     ece, points = expected_calibration_error(
         [0.5] * 4 + [1.0] * 2, [True, False, True, False, True, True]
