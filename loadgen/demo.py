@@ -129,7 +129,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def _run(run: _Run) -> int:
-    from loadgen import cli
+    from loadgen import steps
     from worker.config import load_settings
 
     opts = run.options
@@ -143,7 +143,7 @@ def _run(run: _Run) -> int:
         engine={"model_dir": opts.model} if opts.model else None,
         metrics={"port": metrics_port},
     )
-    tax = cli._taxonomy(settings.taxonomy_path)
+    tax = steps.load_taxonomy(settings.taxonomy_path)
     model = _expert(run, taxonomy=tax)
     settings = settings.model_copy(
         update={"engine": settings.engine.model_copy(update={"model_dir": model})}
@@ -306,17 +306,19 @@ class _Day:
 
 def _day(opts: DemoOptions) -> _Day:
     """The replayed business day, sampled from midnight (its storm is timed from midnight)."""
-    from loadgen import cli
+    from loadgen import steps
 
-    model = cli.traffic_model(volume=opts.volume, peak_to_trough=12.0, storms=None, no_storms=False)
-    schedule = cli.day_schedule(
-        model, start=cli._start_of(DAY), start_hour=0, hours=24.0, seed=opts.seed
+    model = steps.traffic_model(
+        volume=opts.volume, peak_to_trough=12.0, storms=None, no_storms=False
+    )
+    schedule = steps.day_schedule(
+        model, start=steps.start_of(DAY), start_hour=0, hours=24.0, seed=opts.seed
     )
     return _Day(model, schedule)
 
 
 def _probe(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, day: _Day) -> ProbeResult:
-    from loadgen import cli
+    from loadgen import steps
     from loadgen.capacity import RampPlan, Slo, step_line
     from loadgen.itsm_formats import PayloadFormat
     from loadgen.probe import ProbeTarget, run_probe
@@ -336,7 +338,7 @@ def _probe(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, day: _Day) -> Probe
         fmt=PayloadFormat(opts.fmt),
         run=(_run_number(run) + 5000) % 10_000,
     )
-    corpus = cli.load_or_make_corpus(None, n=opts.corpus_n, seed=opts.seed + 1)
+    corpus = steps.load_or_make_corpus(None, n=opts.corpus_n, seed=opts.seed + 1)
     with run.phase(
         "probe",
         f"measuring capacity: open-loop steps of 8 s from {plan.start_rate_per_s:.1f}/s"
@@ -405,24 +407,24 @@ def _replay(
     run: _Run, *, bootstrap: str, taxonomy: Taxonomy, choice: ReplayChoice, day: _Day
 ) -> None:
     from expert.progress import progress
-    from loadgen import cli
+    from loadgen import steps
 
     opts = run.options
     window = day.schedule.window(choice.from_s, choice.to_s)
-    traffic = cli.traffic_summary(day.model, window)
+    traffic = steps.traffic_summary(day.model, window)
     traffic["day"] = {
-        k: v for k, v in cli.traffic_summary(day.model, day.schedule).items() if k != "per_hour"
+        k: v for k, v in steps.traffic_summary(day.model, day.schedule).items() if k != "per_hour"
     }
     (opts.out_dir / "traffic.json").write_text(json.dumps(traffic, indent=2) + "\n")
     with (
         run.phase("replay", f"{len(window)} tickets at {choice.speedup:.1f}x") as record,
         progress("demo replay", unit="tickets", stream=sys.stdout) as on_progress,
     ):
-        result = cli.replay_step(
+        result = steps.replay_step(
             bootstrap=bootstrap,
             topic=taxonomy.topics.inbound,
             out_dir=opts.out_dir,
-            corpus=cli.load_or_make_corpus(None, n=opts.corpus_n, seed=opts.seed),
+            corpus=steps.load_or_make_corpus(None, n=opts.corpus_n, seed=opts.seed),
             schedule=window,
             fmt=opts.fmt,
             speedup=choice.speedup,
@@ -452,7 +454,7 @@ def _drain(
     proc: subprocess.Popen[bytes],
     probe: ProbeResult,
 ) -> None:
-    from loadgen import cli
+    from loadgen import steps
     from loadgen.outputs import StopReason, WaitPolicy
 
     def should_stop() -> StopReason | None:
@@ -477,7 +479,7 @@ def _drain(
         f"waiting for the router while it makes progress (ends after {run.options.stall_s:.0f} s"
         " without progress, or Ctrl-C)",
     ) as record:
-        data = cli.collect_step(
+        data = steps.collect_step(
             bootstrap=bootstrap,
             out_dir=run.options.out_dir,
             taxonomy=taxonomy,
@@ -491,20 +493,20 @@ def _drain(
         record["stop_reason"] = data["stop_reason"]
     if data["stop_reason"] == "interrupted" and run.interrupted_in is None:
         run.interrupted_in = "drain"
-    cli._print_collect(data)
+    steps.print_collect(data)
 
 
 # --- MTTR and the report -----------------------------------------------------------------
 
 
 def _report(run: _Run, *, taxonomy: Taxonomy) -> None:
-    from loadgen import cli
+    from loadgen import steps
     from loadgen.mttr import DeskAssumptions
 
     opts = run.options
     with run.phase("mttr", "simulating the service desk for a whole day of tickets"):
-        cli._print_mttr(
-            cli.mttr_step(
+        steps.print_mttr(
+            steps.mttr_step(
                 out_dir=opts.out_dir,
                 taxonomy=taxonomy,
                 volume=opts.volume,
@@ -527,5 +529,5 @@ def _report(run: _Run, *, taxonomy: Taxonomy) -> None:
     }
     (opts.out_dir / "demo.json").write_text(json.dumps(run.doc, indent=2) + "\n")
     with run.phase("report", "writing the report"):
-        paths = cli.report_step(out_dir=opts.out_dir, cores=os.cpu_count() or 1)
+        paths = steps.report_step(out_dir=opts.out_dir, cores=os.cpu_count() or 1)
     run.say("demo", f"report at {paths['markdown']} ({run.elapsed() / 60:.1f} min in all)")

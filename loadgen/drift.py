@@ -7,7 +7,7 @@ drifts after a while (`loadgen.corpus_drift`: a new product, cloud tickets owned
 queue); the simulated desk answers every decision (`loadgen.answering_desk`); when the live
 accuracy the feedback consumer measures falls (`loadgen.drift_plan.RetrainTrigger`), the real
 `ticket-router expert retrain` runs; if it promotes, the worker swaps by itself; the run ends
-a while after the swap, drains, accounts for every ticket (`loadgen.cli.collect_step`) and
+a while after the swap, drains, accounts for every ticket (`loadgen.steps.collect_step`) and
 writes the report (`loadgen.drift_report`). The scenario only observes the worker: it never
 tells it to swap.
 """
@@ -611,7 +611,7 @@ def _done(opts: DriftOptions, state: _Live, now: float, replayer: threading.Thre
 
 
 def _drain(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, group: str) -> dict[str, Any]:
-    from loadgen import cli
+    from loadgen import steps
     from loadgen.outputs import StopReason, WaitPolicy, WaitStatus
 
     proc = run.procs["worker"]
@@ -629,7 +629,7 @@ def _drain(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, group: str) -> dict
         _stop_process(proc)
 
     with run.phase("drain", "waiting for the router's last outputs, then accounting"):
-        return cli.collect_step(
+        return steps.collect_step(
             bootstrap=bootstrap,
             out_dir=run.options.out_dir.resolve(),
             taxonomy=taxonomy,

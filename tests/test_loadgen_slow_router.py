@@ -23,10 +23,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from loadgen.cli import collect_step, replay_step
 from loadgen.corpus import generate
 from loadgen.outputs import StopReason, WaitPolicy
 from loadgen.replay import read_manifest
+from loadgen.steps import collect_step, replay_step
 from loadgen.traffic import Schedule
 from schemas.taxonomy import Taxonomy
 from tests.fakes import FakeEngine
