@@ -565,7 +565,9 @@ def _choose_and_write(
     _assemble(out_dir, outcome.folder, served_lexical)
     card = outcome.trained.card.model_copy(
         update={
-            "model_id": config.model_id or outcome.trained.card.model_id,
+            # Named after its folder unless told: a candidate's own name ("classifier-encoder")
+            # says nothing in a routed ticket's `router.model`.
+            "model_id": config.model_id or out_dir.resolve().name,
             "training": training_info(
                 data_path=data_path,
                 text_col=text_col,
