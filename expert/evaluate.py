@@ -275,9 +275,7 @@ def evaluate(
         update={
             "tickets_per_s": len(predictions) / elapsed if elapsed > 0 else None,
             "build_time_s": training.build_time_s if training else None,
-            "notes": "confidence: the class probability of vLLM's classify (pooling) runner"
-            if card.is_classifier
-            else "confidence: softmax of the label tokens' logprobs (vLLM)",
+            "notes": _confidence_note(card),
         }
     )
     started = time.perf_counter()
@@ -353,6 +351,20 @@ def _softmax_power(matrix: Any, weight: float) -> Any:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _confidence_note(card: ExpertCard) -> str:
+    neural = (
+        "the class probability of vLLM's classify (pooling) runner"
+        if card.is_classifier
+        else "softmax of the label tokens' logprobs (vLLM)"
+    )
+    if card.fusion is None:
+        return f"confidence: {neural}"
+    return (
+        f"confidence: the calibrated fusion of {neural} with the lexical model's scores "
+        "(weights, temperature and confidence map fitted on the validation rows)"
+    )
 
 
 def component_scores(
