@@ -21,6 +21,7 @@ import pytest
 
 from expert.card import ExpertCard
 from expert.engine import BatchExpert, Prediction, StreamingExpert
+from expert.registry import Registry
 from loadgen.corpus import generate
 from loadgen.itsm_formats import PayloadFormat, encode, ticket_id
 from schemas.parse import TicketParseError, parse_ticket
@@ -227,6 +228,26 @@ def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: 
     for label in ("queue", "top 3", "decision", "expert      tiny-expert, adapter none"):
         assert label in out, out
     assert "started in" in result.stderr.decode()
+
+
+def test_route_serves_the_registrys_current_version_as_the_worker_does(
+    tiny_expert_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "registry"
+    env = {"ROUTER_ENGINE__REGISTRY_DIR": str(root)}
+    root.mkdir()
+    empty = _cli("VPN drops", env=env)
+    assert empty.returncode == 4
+    assert "has no current version yet" in empty.stderr.decode()
+    registry = Registry(root)
+    registry.add(tiny_expert_dir, version="v1")
+    registry.promote("v1", reason="first expert")
+    result = _cli("VPN drops every 10 minutes\nerror 809", env=env)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "expert      tiny-expert@v1, adapter none" in result.stdout.decode()
+    # --model wins over the configured registry.
+    chosen = _cli("--model", str(tiny_expert_dir), "VPN drops", env=env)
+    assert "expert      tiny-expert, adapter none" in chosen.stdout.decode()
 
 
 def test_malformed_payload_prints_the_dead_letter_reason_and_exits_1() -> None:

@@ -33,6 +33,7 @@ import typer
 
 from expert.card import CARD_FILENAME, ExpertCard
 from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
+from expert.registry import Registry, RegistryError, versioned_model_id
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
@@ -350,7 +351,7 @@ class _Router:
 
         if self.engine is not None and self.version is not None:
             return self.engine, self.version
-        config = self.settings.engine
+        config, registry_version = _served_config(self.settings.engine)
         engine = BatchExpert(config)
         started = time.perf_counter()
         failure: ExpertLoadError | None = None
@@ -366,6 +367,12 @@ class _Router:
             raise _fail(f"expert failed to load: {failure}", 4) from failure
         self.start_s = time.perf_counter() - started
         self.version = expert_version(config, engine.card)
+        if registry_version is not None:
+            self.version = ExpertVersion(
+                versioned_model_id(self.version.model_id, registry_version),
+                self.version.adapter_id,
+                self.version.recommended_threshold,
+            )
         self.threshold = threshold_in_force(
             self.settings.routing.confidence_threshold, self.version.recommended_threshold
         )
@@ -396,6 +403,22 @@ class _Router:
             self.engine.close()
 
 
+def _served_config(config: EngineConfig) -> tuple[EngineConfig, str | None]:
+    """The engine config the worker would serve: with a registry configured, its current
+    version (named `<model>@<version>` as the worker names it), else the model folder."""
+    registry_dir = getattr(config, "registry_dir", None)
+    if registry_dir is None:
+        return config, None
+    try:
+        current = Registry(Path(registry_dir)).current()
+    except RegistryError as exc:
+        raise _fail(f"expert registry {registry_dir}: {exc}", 4) from exc
+    if current is None:
+        raise _fail(f"expert registry {registry_dir} has no current version yet", 4)
+    served = config.model_copy(update={"model_dir": current.path, "adapter_dir": None})
+    return served, current.version
+
+
 def _settings(
     *, config: Path | None, model: Path | None, taxonomy: Path | None, threshold: float | None
 ) -> tuple[Any, Taxonomy]:
@@ -405,7 +428,8 @@ def _settings(
     from worker.config import load_settings
 
     overrides: dict[str, object] = {
-        "engine": {"model_dir": model} if model else None,
+        # --model wins over a configured registry, as it does over the model folder.
+        "engine": {"model_dir": model, "registry_dir": None} if model else None,
         "taxonomy_path": taxonomy,
         "routing": {"confidence_threshold": threshold} if threshold is not None else None,
     }
