@@ -585,6 +585,41 @@ class _ServedIdentity:
         return self._require_loaded().placement
 
 
+class _LexicalBatch:
+    """Scores the texts of the requests submitted in one event-loop turn together.
+
+    The lexical model costs about 0.1 ms of CPU per ticket in a batch but 1-1.5 ms scored
+    one at a time (scikit-learn's per-call validation); the worker submits a poll's tickets
+    in one turn, so they are scored in one call while vLLM works on them.
+    """
+
+    def __init__(self, loaded: _Loaded) -> None:
+        self._loaded = loaded
+        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+
+    def submit(self, text: str) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((text, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        live = [(text, future) for text, future in pending if not future.done()]
+        if not live:
+            return
+        try:
+            rows = self._loaded.lexical_scores([text for text, _ in live])
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, future in live:
+                future.set_exception(exc)
+            return
+        for (_, future), row in zip(live, rows, strict=True):
+            future.set_result(row)
+
+
 class StreamingExpert(_ServedIdentity):
     """The expert on vLLM's AsyncLLM: continuous batching for the streaming worker.
 
@@ -596,6 +631,7 @@ class StreamingExpert(_ServedIdentity):
         self._loaded: _Loaded | None = None
         self._engine: Any = None
         self._in_flight = 0
+        self._lexical: _LexicalBatch | None = None
 
     async def start(self) -> None:
         """Load the card, start AsyncLLM and warm it up.
@@ -619,6 +655,7 @@ class StreamingExpert(_ServedIdentity):
                 f"{self._config.model_dir}: vLLM could not load it: {exc}"
             ) from exc
         self._loaded = loaded
+        self._lexical = _LexicalBatch(loaded) if loaded.lexical is not None else None
         # The first logprob request compiles a sampler op; pay for it here.
         try:
             await self.classify(_WARMUP_TEXT, request_id="warmup-0")
@@ -658,7 +695,7 @@ class StreamingExpert(_ServedIdentity):
             raise EngineFailure("the engine is not running")
         prompt = loaded.prompt(text)
         started = time.perf_counter()
-        lexical = loaded.lexical_scores([text])
+        lexical = self._lexical.submit(text) if self._lexical is not None else None
         final = None
         self._in_flight += 1
         try:
@@ -680,9 +717,8 @@ class StreamingExpert(_ServedIdentity):
             raise EngineFailure(f"the engine failed on request {request_id}: {exc!r}") from exc
         finally:
             self._in_flight -= 1
-        return _prediction(
-            loaded, final, time.perf_counter() - started, None if lexical is None else lexical[0]
-        )
+        lexical_row = None if lexical is None else await lexical
+        return _prediction(loaded, final, time.perf_counter() - started, lexical_row)
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) requests now, best effort: this client's in-flight requests,

@@ -191,3 +191,36 @@ def test_the_identity_map_changes_nothing() -> None:
     probs = np.asarray([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     np.testing.assert_array_equal(recalibrate(probs, ConfidenceMap()), probs)
     assert fit_confidence_map([0.9, 0.8], [True, True]) == ConfidenceMap()
+
+
+class _CountingLoaded:
+    """Stands in for the engine's loaded expert: records each lexical scoring call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def lexical_scores(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.fail:
+            raise ValueError("broken lexical model")
+        return np.asarray([[float(len(t))] for t in texts])
+
+
+async def test_requests_of_one_event_loop_turn_are_lexically_scored_in_one_call() -> None:
+    import asyncio
+
+    from expert.engine import _LexicalBatch
+
+    loaded = _CountingLoaded()
+    batch = _LexicalBatch(loaded)  # type: ignore[arg-type]
+    futures = [batch.submit(text) for text in ("a", "bb", "ccc")]
+    futures[1].cancel()  # a request cancelled before its turn is not scored
+    rows = [await futures[0], await futures[2]]
+    assert loaded.calls == [["a", "ccc"]]
+    assert [row[0] for row in rows] == [1.0, 3.0]
+    later = await batch.submit("dddd")  # the next turn is a new call
+    assert later[0] == 4.0 and loaded.calls[-1] == ["dddd"]
+    failing = _LexicalBatch(_CountingLoaded(fail=True))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="broken lexical model"):
+        await asyncio.gather(failing.submit("x"), failing.submit("y"))
