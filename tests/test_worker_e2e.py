@@ -224,7 +224,10 @@ def test_two_workers_share_partitions_and_route_everything(
             and b.metric("router_assigned_partitions") >= 1
         )
         n = 300
-        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
+        # Keyed, so the burst spreads over every partition (keyless messages produced
+        # within one linger go to one sticky partition, which may be one worker's only).
+        keys = [f"ticket-{i}".encode() for i in range(n)]
+        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)], keys=keys)
         reader = OutputReader(bootstrap, _outputs(layout))
         out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=240)
         reader.close()
