@@ -155,11 +155,15 @@ class InProcessEngine:
             expert.close()
 
 
-@pytest.fixture(scope="session")
-def _batch_expert_engine(tiny_expert_dir: Path) -> Iterator[InProcessEngine]:
-    engine = InProcessEngine(tiny_engine_config(tiny_expert_dir))
+def _shared_engine(expert_dir: Path) -> Iterator[InProcessEngine]:
+    engine = InProcessEngine(tiny_engine_config(expert_dir))
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def _batch_expert_engine(tiny_expert_dir: Path) -> Iterator[InProcessEngine]:
+    yield from _shared_engine(tiny_expert_dir)
 
 
 @pytest.fixture
@@ -220,9 +224,7 @@ def tiny_classifier_dir(
 
 @pytest.fixture(scope="session")
 def _batch_classifier_engine(tiny_classifier_dir: Path) -> Iterator[InProcessEngine]:
-    engine = InProcessEngine(tiny_engine_config(tiny_classifier_dir))
-    yield engine
-    engine.close()
+    yield from _shared_engine(tiny_classifier_dir)
 
 
 @pytest.fixture
