@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from feedback.decision_log import decode_decision
 from loadgen.desk import DeskAnswer, DeskResponse, answer, to_feedback
 from schemas.routing import Disposition
-from worker.decision_log import decode_decision
 
 
 @dataclass(frozen=True, slots=True)

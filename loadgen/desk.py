@@ -3,7 +3,7 @@
 Owns the feedback model of the simulated desk: an agent of the queue a ticket landed in takes
 it after a pickup delay and confirms it when it is theirs; a misrouted ticket costs that
 agent the reassignment penalty before it is moved to its true queue; the triage desk
-assigns a triaged ticket after its handling time. The times are `loadgen.mttr`'s
+assigns a triaged ticket after its handling time. The times are `bench.mttr`'s
 distributions (`HandlingTime`: exponential, or lognormal with a coefficient of variation)
 with its desk's assumptions (triage minutes, reassignment penalty), and a small share of
 human mistakes (`noise`: the final queue is another one). Pure and seeded: it never reads a
@@ -18,7 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
-from loadgen.mttr import DeskAssumptions, HandlingTime
+from loadgen.desk_model import DeskAssumptions, HandlingTime
 from schemas.feedback import Feedback, FeedbackOutcome
 from schemas.ticket import SourceSystem
 

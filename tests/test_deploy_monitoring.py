@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
-from worker.feedback_metrics import FeedbackMetrics
+from feedback.metrics import FeedbackMetrics
 from worker.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]

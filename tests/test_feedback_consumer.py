@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from feedback.consumer import FeedbackConfig
+from feedback.decision_log import DecisionLog, DecisionLogError
+from feedback.runner import RunningFeedbackConsumer, started_feedback_consumer
 from schemas.feedback import Feedback
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
@@ -22,9 +25,6 @@ from schemas.ticket import Ticket
 from tests.kafka_helpers import OutputReader, committed, produce
 from worker.broker import TopicLayout, create_layout
 from worker.config import Settings
-from worker.decision_log import DecisionLog, DecisionLogError
-from worker.feedback import FeedbackConfig
-from worker.feedback_runner import RunningFeedbackConsumer, started_feedback_consumer
 
 PARTITIONS = 2
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

@@ -14,9 +14,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from loadgen.collect import account
+from bench.collect import account
+from bench.outputs import OutputTopics, RouterOffsets, read_outputs
 from loadgen.itsm_formats import PayloadFormat
-from loadgen.outputs import OutputTopics, RouterOffsets, read_outputs
 from loadgen.replay import (
     HEADER_SENT_AT_NS,
     CorpusItem,

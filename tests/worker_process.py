@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from loadgen.chaos import Output
+from bench.chaos import Output
 from schemas.taxonomy import Taxonomy
 from tests.kafka_helpers import OutputReader, OutRecord
 

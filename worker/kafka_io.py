@@ -6,7 +6,7 @@ consumer is blocking and not meant to be shared); rebalance callbacks run on tha
 `Publisher` wraps an idempotent producer whose delivery reports resolve asyncio futures.
 `Reader` reads every partition of some topics outside any group, from positions its caller
 stores (the feedback consumer's decision log). None of them decides anything about tickets:
-that is `worker.pipeline`'s and `worker.feedback`'s job.
+that is `worker.pipeline`'s and `feedback.consumer`'s job.
 """
 
 from __future__ import annotations

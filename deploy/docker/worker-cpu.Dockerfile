@@ -35,7 +35,10 @@ COPY pyproject.toml README.md ticket_router.py ./
 COPY schemas ./schemas
 COPY expert ./expert
 COPY worker ./worker
+COPY feedback ./feedback
 COPY loadgen ./loadgen
+COPY bench ./bench
+COPY scenarios ./scenarios
 RUN python -m pip install --no-deps --no-build-isolation . \
     && python -c 'import torch, vllm, confluent_kafka, worker.metrics; print("vllm", vllm.__version__, "torch", torch.__version__)'
 

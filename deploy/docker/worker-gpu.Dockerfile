@@ -24,7 +24,10 @@ COPY pyproject.toml README.md ticket_router.py ./
 COPY schemas ./schemas
 COPY expert ./expert
 COPY worker ./worker
+COPY feedback ./feedback
 COPY loadgen ./loadgen
+COPY bench ./bench
+COPY scenarios ./scenarios
 
 # Keep the base image's vLLM (built against its CUDA and torch): the constraint stops the
 # resolver from replacing it with whatever `vllm` is newest on the index.

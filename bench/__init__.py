@@ -1,0 +1,1 @@
+"""What measures the router: collect, capacity, probe, benches, chaos, MTTR, reports."""

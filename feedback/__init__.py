@@ -1,0 +1,1 @@
+"""The learning loop: decision log, feedback consumer, retrain, promotion."""
