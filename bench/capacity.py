@@ -606,7 +606,7 @@ async def _warm_up(
 
 def model_problem(model_dir: Path) -> str | None:
     """Why `model_dir` cannot be served for the packaged taxonomy, or None if it can."""
-    from expert.engine import ExpertLoadError, check_labels, load_card
+    from expert.serving import ExpertLoadError, check_labels, load_card
     from schemas.taxonomy import Taxonomy
 
     try:
@@ -642,7 +642,7 @@ def run_capacity(
 
     import yaml
 
-    from expert.engine import engine_placement
+    from expert.serving import engine_placement
     from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
     from worker.config import (
         EngineSettings,

@@ -270,7 +270,6 @@ def evaluate_command(
     from rich.table import Table
 
     from expert import hardware
-    from expert.engine import ExpertLoadError, load_card
     from expert.evaluate import (
         card_threshold_line,
         evaluate,
@@ -278,6 +277,7 @@ def evaluate_command(
         summary_columns,
         summary_rows,
     )
+    from expert.serving import ExpertLoadError, load_card
 
     console = _wide_console()
     assert isinstance(console, Console)

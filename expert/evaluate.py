@@ -26,7 +26,7 @@ from expert.dataset import (
     read_examples,
     split,
 )
-from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
+from expert.engine import BatchExpert
 from expert.lexical import LexicalModel, has_lexical, lexical_dir
 from expert.metrics import (
     TARGET_PRECISION,
@@ -34,6 +34,7 @@ from expert.metrics import (
     expected_calibration_error,
     precision_coverage,
 )
+from expert.serving import EngineConfig, Prediction, load_card
 
 log = structlog.get_logger(__name__)
 

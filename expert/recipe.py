@@ -50,7 +50,6 @@ from expert.dataset import (
     validation_split,
 )
 from expert.encoder import EncoderConfig, train_classifier
-from expert.engine import EngineFailure, ExpertLoadError
 from expert.fusion import (
     ConfidenceMap,
     FusionWeights,
@@ -64,6 +63,7 @@ from expert.hardware import Requested
 from expert.lexical import LexicalModel, LexicalSettings, lexical_dir
 from expert.llm import LlmConfig, train_lora
 from expert.metrics import TARGET_PRECISION, expected_calibration_error, threshold_at_precision
+from expert.serving import EngineFailure, ExpertLoadError
 from expert.training import ProgressCallback
 
 log = structlog.get_logger(__name__)
@@ -285,7 +285,8 @@ def _served_probabilities(
     folder: Path, texts: Sequence[str], labels: Sequence[str]
 ) -> tuple[np.ndarray, float]:
     """The candidate's probabilities on `texts` through real vLLM, and its tickets/s."""
-    from expert.engine import BatchExpert, EngineConfig, load_card
+    from expert.engine import BatchExpert
+    from expert.serving import EngineConfig, load_card
 
     # The engine's window is what the card needs (an encoder may have only 128 positions).
     window = load_card(folder).max_prompt_tokens + 1

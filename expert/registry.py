@@ -32,7 +32,7 @@ from pathlib import Path
 
 import structlog
 
-from expert.engine import ExpertLoadError, load_card
+from expert.serving import ExpertLoadError, load_card
 
 log = structlog.get_logger(__name__)
 

@@ -14,9 +14,9 @@ from math import comb
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from expert.engine import Prediction
 from expert.evaluate import score
 from expert.metrics import threshold_at_precision
+from expert.serving import Prediction
 
 
 class QueueFigures(BaseModel):

@@ -28,9 +28,10 @@ import structlog
 
 from expert.card import ExpertCard
 from expert.dataset import file_sha256
-from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
+from expert.engine import BatchExpert
 from expert.recipe import BuildReport, Preset, RecipeConfig, build
 from expert.registry import Registry, RegistryError, VersionInfo
+from expert.serving import EngineConfig, Prediction, load_card
 from feedback.promotion import (
     PromotionPolicy,
     PromotionReport,

@@ -124,10 +124,10 @@ def retrain(
     from pydantic import ValidationError
 
     from expert.build import BuildError
-    from expert.engine import ExpertLoadError
     from expert.progress import progress
     from expert.recipe import Preset
     from expert.registry import RegistryError
+    from expert.serving import ExpertLoadError
     from feedback.decision_log import DecisionLogError
     from feedback.promotion import PromotionPolicy
     from feedback.retrain import (

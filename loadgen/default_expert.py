@@ -23,7 +23,7 @@ DEFAULT_CORPUS_SEED = 0
 def is_current(model_dir: Path, taxonomy: Taxonomy) -> bool:
     """True when `model_dir` holds an expert answering exactly the taxonomy's queues, built
     by the current recipe (fused with its lexical model and calibrated on validation rows)."""
-    from expert.engine import ExpertLoadError, check_labels, load_card
+    from expert.serving import ExpertLoadError, check_labels, load_card
 
     try:
         card = load_card(model_dir)

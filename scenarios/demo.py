@@ -191,7 +191,7 @@ def _expert(run: _Run, *, taxonomy: Taxonomy) -> Path:
 
 
 def _hardware(settings: Settings) -> dict[str, Any]:
-    from expert.engine import engine_placement
+    from expert.serving import engine_placement
 
     # The worker's engine: processor kind, number format and model threads. The load
     # average says whether other jobs shared the machine when the run started.

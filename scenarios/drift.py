@@ -200,8 +200,8 @@ def ensure_old_expert(
     """The expert trained on the older desk's tickets (cloud filed under servers, no new
     product), built with `drift_recipe()` once and reused while its card and data match."""
     from expert.dataset import file_sha256
-    from expert.engine import ExpertLoadError, check_labels, load_card
     from expert.recipe import build
+    from expert.serving import ExpertLoadError, check_labels, load_card
     from loadgen.corpus import generate, write_jsonl
     from loadgen.corpus_drift import OLD_DESK
 
@@ -642,8 +642,8 @@ def _drain(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, group: str) -> dict
 
 
 def _report(run: _Run, *, result: _Live, accounting: dict[str, Any], old_version: str) -> int:
-    from expert.engine import engine_placement
     from expert.registry import Registry
+    from expert.serving import engine_placement
     from scenarios import drift_report
     from worker.config import load_settings
 

@@ -15,10 +15,11 @@ import pytest
 
 from expert.build import BuildConfig, build_expert
 from expert.encoder import EncoderConfig, build_classifier, packaged_encoder_dir
-from expert.engine import BatchExpert, EngineConfig, StreamingExpert
+from expert.engine import BatchExpert, StreamingExpert
 from expert.llm import LlmConfig, build_lora
 from expert.recipe import Preset, RecipeConfig
 from expert.recipe import build as build_recipe
+from expert.serving import EngineConfig
 from loadgen.corpus import generate, write_jsonl
 from schemas.taxonomy import Taxonomy
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from expert.engine import EngineFailure, Prediction
+from expert.serving import EngineFailure, Prediction
 from worker.errors import RetryableError
 from worker.kafka_io import TP, InboundRecord
 

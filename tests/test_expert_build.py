@@ -10,8 +10,8 @@ import pytest
 from expert.build import BuildConfig, BuildError, build_expert, choose_labels, pick_label_tokens
 from expert.card import ExpertCard
 from expert.dataset import Examples, split
-from expert.engine import load_card
 from expert.llm import LlmConfig
+from expert.serving import load_card
 from schemas.taxonomy import Taxonomy
 from tests.expert_fixtures import TINY_CONFIG
 

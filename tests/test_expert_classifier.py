@@ -13,17 +13,10 @@ from typer.testing import CliRunner
 from expert.card import CLASSIFIER_TEMPLATE, ExpertCard
 from expert.cli import app
 from expert.encoder import class_weights, classifier_logits, packaged_encoder_dir
-from expert.engine import (
-    BatchExpert,
-    ExpertLoadError,
-    LabelMismatchError,
-    Prediction,
-    StreamingExpert,
-    check_labels,
-    load_card,
-)
+from expert.engine import BatchExpert, StreamingExpert
 from expert.evaluate import evaluate
 from expert.prompt import classifier_token_ids
+from expert.serving import ExpertLoadError, LabelMismatchError, Prediction, check_labels, load_card
 from loadgen.corpus import generate
 from schemas.taxonomy import Taxonomy
 from tests.expert_fixtures import tiny_engine_config

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from expert.engine import (
-    BatchExpert,
+from expert.engine import BatchExpert, StreamingExpert
+from expert.serving import (
     EngineFailure,
     ExpertLoadError,
     LabelMismatchError,
-    StreamingExpert,
     check_labels,
     load_card,
 )

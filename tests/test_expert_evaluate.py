@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from expert.dataset import read_examples, split
-from expert.engine import BatchExpert, load_card
+from expert.engine import BatchExpert
 from expert.evaluate import evaluate, expected_calibration_error, precision_coverage
+from expert.serving import load_card
 
 
 @pytest.mark.slow

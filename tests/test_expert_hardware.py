@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from expert import hardware
-from expert.engine import EngineConfig, engine_placement
 from expert.hardware import CpuCapability, choose_precision, engine_threads
+from expert.serving import EngineConfig, engine_placement
 
 X86_BF16_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from expert import bases
-from expert.engine import BatchExpert, load_card
+from expert.engine import BatchExpert
 from expert.llm import merge_adapter
+from expert.serving import load_card
 from loadgen.corpus import generate
 from tests.expert_fixtures import tiny_engine_config
 

@@ -11,10 +11,11 @@ import pytest
 
 from expert.build import BuildError
 from expert.dataset import Examples, read_examples, split, validation_split
-from expert.engine import BatchExpert, load_card
+from expert.engine import BatchExpert
 from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
 from expert.lexical import LexicalModel, has_lexical, lexical_dir
 from expert.recipe import RecipeConfig, build
+from expert.serving import load_card
 from loadgen.corpus import generate
 from schemas.taxonomy import Taxonomy
 from tests.expert_fixtures import TINY_RECIPE_CONFIG, tiny_engine_config

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from expert.engine import EngineConfig, Prediction
 from expert.registry import Registry
+from expert.serving import EngineConfig, Prediction
 from feedback.decision_log import DecisionLog, LoggedDecision
 from feedback.promotion import ModelFigures, PromotionPolicy, decide, model_figures, paired
 from feedback.retrain import RetrainRequest, family_name, retrain

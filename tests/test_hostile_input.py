@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from expert.engine import load_card
+from expert.serving import load_card
 from schemas.dead_letter import DeadLetterReason
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket

@@ -121,7 +121,7 @@ async def test_worker_routes_with_a_fused_expert_at_its_cards_threshold(
 ) -> None:
     """The default build's expert (neural + lexical, calibrated): every ticket is decided by
     the fusion, and without a configured threshold the card's one splits routed/triage."""
-    from expert.engine import load_card
+    from expert.serving import load_card
 
     card = load_card(tiny_fused_dir)
     assert card.fusion is not None and card.routing is not None

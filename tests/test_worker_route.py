@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from expert.card import ExpertCard
-from expert.engine import BatchExpert, Prediction, StreamingExpert
+from expert.engine import BatchExpert, StreamingExpert
 from expert.registry import Registry
+from expert.serving import Prediction
 from loadgen.corpus import generate
 from loadgen.itsm_formats import PayloadFormat, encode, ticket_id
 from schemas.parse import TicketParseError, parse_ticket
@@ -272,7 +273,7 @@ def test_expert_version_of_a_served_adapter_names_base_and_adapter(
     tiny_expert_dir: Path, tmp_path: Path
 ) -> None:
     from expert.card import AdapterInfo
-    from expert.engine import EngineConfig, load_card
+    from expert.serving import EngineConfig, load_card
     from worker.route import expert_version
 
     base = load_card(tiny_expert_dir)

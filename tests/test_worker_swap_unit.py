@@ -15,15 +15,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard
-from expert.engine import EngineConfig, ExpertLoadError, Prediction, load_card
 from expert.registry import Registry
+from expert.serving import EngineConfig, ExpertLoadError, Prediction, load_card
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
 from tests.fakes import InMemoryPublisher, InMemorySource
 from worker.config import EngineSettings
 from worker.kafka_io import InboundRecord
 from worker.metrics import Metrics
-from worker.pipeline import H_MODEL, Pipeline, PipelineConfig, VersionedPrediction
+from worker.pipeline import H_MODEL, Pipeline, PipelineConfig
+from worker.seams import VersionedPrediction
 from worker.swap import SwappableExpert
 from worker.version_watch import VersionWatcher
 

@@ -142,7 +142,7 @@ def worker(
         console.print(f"[red]invalid configuration:[/] {exc}")
         raise typer.Exit(2) from exc
     if check_config:
-        from expert.engine import engine_placement
+        from expert.serving import engine_placement
 
         placement = engine_placement(settings.engine, streaming=True)
         console.print(

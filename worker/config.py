@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from expert.engine import EngineConfig
+from expert.serving import EngineConfig
 
 # librdkafka settings the pipeline's correctness depends on; a user value is overridden.
 ENFORCED_CONSUMER = {

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from expert.engine import EngineConfig, EngineFailure, Prediction, StreamingExpert
+from expert.engine import StreamingExpert
+from expert.serving import EngineConfig, EngineFailure, Prediction
 
 T = TypeVar("T")
 

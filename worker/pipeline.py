@@ -13,24 +13,25 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 import structlog
 
-from expert.engine import EngineFailure, Prediction
+from expert.serving import EngineFailure, Prediction
 from schemas.dead_letter import DeadLetter
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
+from worker.decide import destination, effective_threshold
 from worker.errors import FatalError, RecordTooLargeError, RetryableError, TransactionAbortable
 from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.retrying import commit_retrying, publish_retrying
+from worker.seams import Engine, Publisher, Source, VersionedPrediction
 
 log = structlog.get_logger(__name__)
 
@@ -48,103 +49,6 @@ H_DEAD_LETTER_REASON = "router.dead-letter.reason"
 H_DEAD_LETTER_ORIGINAL_BYTES = "router.dead-letter.truncated-from-bytes"
 H_DEAD_LETTER_SHA256 = "router.dead-letter.sha256"
 H_TXN = "router.txn"  # exactly-once mode: the transaction that wrote the record
-
-
-class Engine(Protocol):
-    """What the pipeline needs from the inference engine."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def adapter_id(self) -> str | None: ...
-
-    @property
-    def recommended_threshold(self) -> float | None:
-        """The confidence threshold the expert's card recommends (None: none recorded)."""
-        ...
-
-    async def classify(self, text: str, *, request_id: str) -> Prediction: ...
-
-    def load(self) -> tuple[int, int]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class VersionedPrediction(Prediction):
-    """A prediction that names the expert version that made it.
-
-    An engine that can change version while running (`worker.swap.SwappableExpert`) answers
-    with it, so a ticket answered by the old version just before a swap is labelled and
-    thresholded by that version, not by the one serving when the ticket is published.
-    """
-
-    model_id: str = ""
-    adapter_id: str | None = None
-    recommended_threshold: float | None = None
-
-
-class Source(Protocol):
-    """What the pipeline needs from the inbound consumer."""
-
-    async def poll(self, *, max_records: int, timeout_s: float) -> list[InboundRecord]: ...
-
-    async def pause(self, tps: Sequence[TP]) -> None: ...
-
-    async def resume(self, positions: Mapping[TP, int]) -> None: ...
-
-    async def commit(self, offsets: Mapping[TP, int]) -> None: ...
-
-    async def lag(self) -> dict[TP, int]: ...
-
-    async def group_metadata(self) -> object: ...
-
-    async def rewind(self, tps: Sequence[TP]) -> None: ...
-
-
-class Publisher(Protocol):
-    """What the pipeline needs from the producer."""
-
-    async def publish(
-        self, *, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
-    ) -> tuple[int, int]: ...
-
-    async def flush(self, *, timeout_s: float) -> int: ...
-
-    # Exactly-once mode only.
-    def begin_transaction(self) -> None: ...
-
-    async def commit_transaction(
-        self, offsets: Mapping[TP, int], group_metadata: object
-    ) -> None: ...
-
-    def commit_transaction_now(self, offsets: Mapping[TP, int], group_metadata: object) -> None: ...
-
-    async def abort_transaction(self) -> None: ...
-
-    def abort_transaction_now(self) -> None: ...
-
-
-DEFAULT_CONFIDENCE_THRESHOLD = 0.5
-
-
-def effective_threshold(configured: float | None, recommended: float | None) -> float:
-    """The triage threshold in force: the configured one, else the expert's, else 0.5."""
-    if configured is not None:
-        return configured
-    return recommended if recommended is not None else DEFAULT_CONFIDENCE_THRESHOLD
-
-
-def destination(
-    taxonomy: Taxonomy, prediction: Prediction, threshold: float
-) -> tuple[str, Disposition, TriageReason | None]:
-    """Where an answered ticket goes: its queue's topic, or triage below `threshold`.
-
-    Returns:
-        (topic, disposition, triage reason or None).
-    """
-    if prediction.confidence < threshold:
-        return taxonomy.topics.triage, Disposition.TRIAGE, TriageReason.LOW_CONFIDENCE
-    return taxonomy.topic_for(prediction.label), Disposition.ROUTED, None
 
 
 @dataclass(frozen=True, slots=True)

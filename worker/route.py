@@ -4,7 +4,7 @@ Owns reading tickets for the command (a text typed on the command line, a JSONL 
 payloads, one payload on stdin), asking the expert, and printing the decision the worker
 would take. Everything that decides is the worker's own: `schemas.parse` (the same
 dead-letter reasons), `Ticket.text()` (the same expert text), the worker's `Settings`
-(env vars and `--config` apply as for the worker) and `worker.pipeline.destination` at
+(env vars and `--config` apply as for the worker) and `worker.decide.destination` at
 `effective_threshold`. It reads and writes no Kafka topic and changes no offset.
 
 Engine: `expert.engine.BatchExpert`, the in-process offline vLLM engine. It serves the same
@@ -32,13 +32,14 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from expert.card import CARD_FILENAME, ExpertCard
-from expert.engine import BatchExpert, EngineConfig, Prediction, load_card
+from expert.engine import BatchExpert
 from expert.registry import Registry, RegistryError, versioned_model_id
+from expert.serving import EngineConfig, Prediction, load_card
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
-from worker.pipeline import DEFAULT_CONFIDENCE_THRESHOLD, destination, effective_threshold
+from worker.decide import DEFAULT_CONFIDENCE_THRESHOLD, destination, effective_threshold
 
 DEAD_LETTER = "dead_letter"
 TEXT_TICKET_ID = "cli-ticket"
@@ -347,7 +348,7 @@ class _Router:
         self.start_s = 0.0
 
     def ensure_started(self) -> tuple[BatchExpert, ExpertVersion]:
-        from expert.engine import ExpertLoadError, check_labels
+        from expert.serving import ExpertLoadError, check_labels
 
         if self.engine is not None and self.version is not None:
             return self.engine, self.version

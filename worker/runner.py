@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import CollectorRegistry
 
-from expert.engine import ExpertLoadError, StreamingExpert, check_labels
+from expert.engine import StreamingExpert
 from expert.registry import Registry
+from expert.serving import ExpertLoadError, check_labels
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem
 from worker import kafka_io

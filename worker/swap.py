@@ -25,7 +25,8 @@ from typing import Literal
 import psutil
 import structlog
 
-from expert.engine import (
+from expert.registry import Registry, RegistryError, VersionInfo, versioned_model_id
+from expert.serving import (
     EngineConfig,
     EngineFailure,
     ExpertLoadError,
@@ -33,12 +34,11 @@ from expert.engine import (
     check_labels,
     load_card,
 )
-from expert.registry import Registry, RegistryError, VersionInfo, versioned_model_id
 from worker.config import EngineSettings
 from worker.engine_thread import EngineThread
 from worker.errors import FatalError
 from worker.metrics import Metrics
-from worker.pipeline import VersionedPrediction
+from worker.seams import VersionedPrediction
 
 log = structlog.get_logger(__name__)
 
