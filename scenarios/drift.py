@@ -7,7 +7,7 @@ drifts after a while (`loadgen.corpus_drift`: a new product, cloud tickets owned
 queue); the simulated desk answers every decision (`loadgen.answering_desk`); when the live
 accuracy the feedback consumer measures falls (`scenarios.drift_plan.RetrainTrigger`), the real
 `ticket-router expert retrain` runs; if it promotes, the worker swaps by itself; the run ends
-a while after the swap, drains, accounts for every ticket (`loadgen.bench_steps.collect_step`) and
+a while after the swap, drains, accounts for every ticket (`bench.steps.collect_step`) and
 writes the report (`scenarios.drift_report`). The scenario only observes the worker: it never
 tells it to swap.
 """
