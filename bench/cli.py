@@ -20,6 +20,16 @@ from bench.worker_bench import bench_worker
 from loadgen.cli import Bootstrap, Dir, Seed, TaxonomyOpt, Volume
 from loadgen.steps import console, load_taxonomy
 
+DeskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--desk",
+        help="The desk behind the queues: a desk file (from --calibrate), or `toy` for the"
+        " old assumed desk (default: the desk shipped with the project, fitted on a public"
+        " ServiceNow event log).",
+    ),
+]
+
 # `ticket-router bench ...`: benchmarks that print figures.
 app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.command("worker")(bench_worker)
@@ -84,13 +94,78 @@ def mttr_command(
     router_latency_s: Annotated[
         float, typer.Option(help="This router's latency if nothing was measured.")
     ] = 0.2,
+    desk: DeskOpt = None,
+    replicates: Annotated[
+        int | None,
+        typer.Option(min=0, help="Bootstrap replicates of a calibrated desk to use (all)."),
+    ] = None,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fit a desk to this ticket-history export (ServiceNow event log or list, Zendesk"
+            " or Jira JSON) and write --out/desk.yaml, calibration.json, calibration.md"
+            " instead of simulating.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where --calibrate writes (default: --dir).")
+    ] = None,
+    export_format: Annotated[
+        str | None,
+        typer.Option(
+            "--export-format",
+            help="The export's format: servicenow-events, servicenow, zendesk, jira"
+            " (default: detected).",
+        ),
+    ] = None,
+    export_end: Annotated[
+        str | None,
+        typer.Option(help="When the export was taken, ISO (default: its last timestamp)."),
+    ] = None,
+    group_field: Annotated[
+        str | None, typer.Option(help="Jira: the field holding the assignment group.")
+    ] = None,
+    desk_name: Annotated[str | None, typer.Option(help="Name of the fitted desk.")] = None,
+    citation: Annotated[
+        str | None, typer.Option(help="The export's citation/licence, for the provenance.")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap replicates the calibration fits.")
+    ] = 20,
+    min_group: Annotated[
+        int, typer.Option(min=1, help="Groups with fewer incidents are pooled.")
+    ] = 10,
+    blocks: Annotated[
+        int, typer.Option(min=2, help="Time blocks the validation holds back in turn.")
+    ] = 5,
 ) -> None:
-    """MTTR (mean, p90) per scenario from a service-desk simulation, and hours/day saved.
+    """MTTR (mean, median, p90 with intervals) per routing method on a service desk, and
+    hours/day saved; or, with --calibrate, fit a desk to your own ticket export.
 
     Uses the run folder's outcomes.jsonl (from `collect`) as this router's measured
-    decisions and latencies when it exists.
+    decisions and latencies when it exists. The desk (--desk) is the one shipped with the
+    project (fitted on a public ServiceNow event log) unless given; `--desk toy` is the old
+    assumed desk (agents staffed for the busiest hour, handling times in minutes).
     """
     from loadgen.desk_model import DeskAssumptions
+
+    if calibrate is not None:
+        _calibrate(
+            calibrate,
+            out or out_dir,
+            export_format=export_format,
+            export_end=export_end,
+            group_field=group_field,
+            desk_name=desk_name,
+            citation=citation,
+            bootstrap=bootstrap,
+            min_group=min_group,
+            blocks=blocks,
+            seed=seed,
+        )
+        return
 
     assumptions = DeskAssumptions(
         handling_min_by_tier={"L1": l1_min, "L2": l2_min, "L3": l3_min},
@@ -112,8 +187,88 @@ def mttr_command(
         cloud_latency_s=cloud_latency_s,
         router_accuracy=router_accuracy,
         router_latency_s=router_latency_s,
+        desk=load_desk(desk),
+        replicates=replicates,
     )
     print_mttr(data)
+
+
+def load_desk(spec: str | None) -> object:
+    """The desk a --desk value names (None: the toy desk), or exit 2 with the reason."""
+    from loadgen.desk_file import DeskFileError, resolve_desk
+
+    try:
+        return resolve_desk(spec)
+    except DeskFileError as exc:
+        console().print(f"[red]desk error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _calibrate(
+    export: Path,
+    out_dir: Path,
+    *,
+    export_format: str | None,
+    export_end: str | None,
+    group_field: str | None,
+    desk_name: str | None,
+    citation: str | None,
+    bootstrap: int,
+    min_group: int,
+    blocks: int,
+    seed: int,
+) -> None:
+    import shlex
+    from datetime import UTC, datetime
+
+    from bench.desk_calibration import FitOptions
+    from bench.desk_steps import calibrate_step, print_calibration
+    from bench.itsm_exports import ExportError, ExportFormat
+
+    if export_format is not None and export_format not in {f.value for f in ExportFormat}:
+        raise typer.BadParameter(f"--export-format: one of {[f.value for f in ExportFormat]}")
+    end = None
+    if export_end:
+        end = datetime.fromisoformat(export_end)
+        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end
+    try:
+        data = calibrate_step(
+            export=export,
+            out_dir=out_dir,
+            options=FitOptions(min_group_incidents=min_group, bootstrap=bootstrap, seed=seed),
+            fmt=export_format,
+            name=desk_name,
+            export_end=end,
+            group_field=group_field,
+            citation=citation,
+            command=shlex.join(
+                [
+                    "ticket-router",
+                    "loadgen",
+                    "mttr",
+                    "--calibrate",
+                    export.name,
+                    "--out",
+                    str(out_dir),
+                    "--bootstrap",
+                    str(bootstrap),
+                    "--min-group",
+                    str(min_group),
+                    "--blocks",
+                    str(blocks),
+                    "--seed",
+                    str(seed),
+                    *(["--export-format", export_format] if export_format else []),
+                    *(["--export-end", export_end] if export_end else []),
+                    *(["--group-field", group_field] if group_field else []),
+                ]
+            ),  # fmt: skip
+            blocks=blocks,
+        )
+    except (ExportError, ValueError) as exc:
+        console().print(f"[red]calibration failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    print_calibration(data)
 
 
 def report_command(

@@ -155,8 +155,17 @@ def mttr_step(
     cloud_latency_s: float,
     router_accuracy: float,
     router_latency_s: float,
+    desk: Any = None,
+    replicates: int | None = None,
 ) -> dict[str, Any]:
-    """Simulate the desk for each scenario on one day of traffic; write mttr.json."""
+    """Simulate the desk for each scenario on one day of traffic; write mttr.json.
+
+    Args:
+        desk: a calibrated desk (`loadgen.desk_file.DeskFile`): this router, the cloud LLM
+            and the desk's own dispatch on it, with intervals (`bench.desk_steps`); None:
+            the toy desk of `assumptions` (agents staffed for the peak, manual dispatch).
+        replicates: a calibrated desk's bootstrap replicates to use (None: all).
+    """
     from collections import Counter
 
     from bench import mttr
@@ -185,7 +194,7 @@ def mttr_step(
     )
     peak_per_h = {q: base_peak_h * shares[q] / total for q in queues}
     triage_share = sum(d.kind != "routed" for d in measured) / len(measured) if measured else 0.05
-    desk = mttr.build_desk(
+    toy = mttr.build_desk(
         assumptions,
         tiers={q.name: q.tier.value for q in taxonomy.queues},
         peak_per_h=peak_per_h,
@@ -202,17 +211,39 @@ def mttr_step(
             accuracy=router_accuracy,
             triage_share=triage_share,
         )
+    cloud = mttr.cloud_llm_scenario(
+        queues=queues, ttft_s=CLOUD_TTFT_S, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
+    )
+    common = {
+        "cloud_accuracy": cloud_accuracy,
+        "cloud_ttft_s": CLOUD_TTFT_S,
+        "cloud_latency_s": cloud_latency_s,
+        "measured_decisions": len(measured),
+        "backlogged_decisions_left_out": backlogged,
+    }
+    if desk is not None:
+        from bench.desk_steps import calibrated_mttr
+
+        data = calibrated_mttr(
+            desk=desk,
+            router=router,
+            cloud=cloud,
+            queues=queues,
+            truths=truths,
+            seed=seed,
+            days=hours / 24,
+            assumptions=common,
+            replicates=replicates,
+        )
+        return _write_mttr(out_dir, data)
     manual = mttr.manual_scenario(
         queues=queues,
         dispatchers=mttr.dispatchers_for(assumptions, peak_total_per_h=base_peak_h),
         minutes_per_ticket=assumptions.manual_min_per_ticket,
         accuracy=assumptions.manual_accuracy,
     )
-    cloud = mttr.cloud_llm_scenario(
-        queues=queues, ttft_s=CLOUD_TTFT_S, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
-    )
     comparison = mttr.compare(
-        desk,
+        toy,
         [router, cloud, manual],
         arrivals_s=schedule.times_s.tolist(),
         truths=truths,
@@ -226,16 +257,17 @@ def mttr_step(
         baseline=manual.name,
         assumptions={
             **asdict(assumptions),
-            "cloud_accuracy": cloud_accuracy,
-            "cloud_ttft_s": CLOUD_TTFT_S,
-            "cloud_latency_s": cloud_latency_s,
-            "measured_decisions": len(measured),
-            "backlogged_decisions_left_out": backlogged,
-            "agents": {q: d.agents for q, d in desk.queues.items()},
-            "triage_agents": desk.triage.agents,
+            **common,
+            "agents": {q: d.agents for q, d in toy.queues.items()},
+            "triage_agents": toy.triage.agents,
             "dispatchers": manual.dispatch.agents if manual.dispatch else 0,
         },
     )
+    data["desk"] = {"name": "toy", "kind": "toy"}
+    return _write_mttr(out_dir, data)
+
+
+def _write_mttr(out_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "mttr.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
