@@ -295,6 +295,10 @@ class DeskFile(_Model):
         return path
 
 
+# libyaml's safe loader when PyYAML was built with it: four times faster on a desk file.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class _Dumper(yaml.SafeDumper):
     """Lists of numbers in flow style (one line): the file stays readable and small."""
 
@@ -330,7 +334,7 @@ def load_desk_file(path: Path) -> DeskFile:
         DeskFileError: missing, unreadable, or not matching the schema.
     """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a safe loader
         return DeskFile.model_validate(data)
     except (OSError, yaml.YAMLError, ValueError) as exc:
         raise DeskFileError(f"{path}: {exc}") from exc
