@@ -14,12 +14,14 @@ from typing import Annotated
 
 import typer
 
+from bench.cost import Prices
 from bench.feedback_bench import bench_feedback
 from bench.steps import collect_step, mttr_step, print_collect, print_mttr, report_step
 from bench.worker_bench import bench_worker
 from loadgen.cli import Bootstrap, Dir, Seed, TaxonomyOpt, Volume
 from loadgen.steps import console, load_taxonomy
 
+DEFAULT_PRICES = Prices()
 DeskOpt = Annotated[
     str | None,
     typer.Option(
@@ -283,8 +285,52 @@ def report_command(
     cores_per_machine: Annotated[int, typer.Option(min=1)] = 16,
     volume: Annotated[float | None, typer.Option(help="Daily volume to size for.")] = None,
     peak_per_s: Annotated[float | None, typer.Option(help="Peak rate to size for.")] = None,
+    desk: DeskOpt = None,
+    price_input_per_mtok: Annotated[
+        float, typer.Option(help="Cloud LLM US$ per million input tokens (README: source).")
+    ] = DEFAULT_PRICES.input_per_mtok,
+    price_output_per_mtok: Annotated[
+        float, typer.Option(help="Cloud LLM US$ per million output tokens (README: source).")
+    ] = DEFAULT_PRICES.output_per_mtok,
+    machine_price_per_month: Annotated[
+        float, typer.Option(help="US$ per CPU machine-month (README: source).")
+    ] = DEFAULT_PRICES.machine_per_month,
+    gpu_price_per_month: Annotated[
+        float, typer.Option(help="US$ per GPU machine-month (README: source).")
+    ] = DEFAULT_PRICES.gpu_machine_per_month,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Expert folder whose tokenizer counts a cloud router's tokens per ticket"
+            " (default: .state/models/default-expert when built)."
+        ),
+    ] = None,
+    input_tokens_per_ticket: Annotated[
+        float | None, typer.Option(help="Use this many input tokens per ticket instead.")
+    ] = None,
+    output_tokens_per_ticket: Annotated[
+        float | None, typer.Option(help="Use this many output tokens per ticket instead.")
+    ] = None,
 ) -> None:
-    """Write report.md, report.json and PNG figures for a run folder, with the cost model."""
+    """Write report.md, report.json and PNG figures for a run folder, with the cost model.
+
+    With --desk, the MTTR comparison is simulated again on that desk first (mttr.json).
+    """
+    if desk is not None:
+        data = mttr_step(
+            out_dir=out_dir,
+            taxonomy=load_taxonomy(None),
+            volume=volume or 100_000,
+            hours=24.0,
+            seed=0,
+            assumptions=_toy_assumptions(),
+            cloud_accuracy=0.911,
+            cloud_latency_s=2.5,
+            router_accuracy=0.9,
+            router_latency_s=0.2,
+            desk=load_desk(desk),
+        )
+        print_mttr(data)
     paths = report_step(
         out_dir=out_dir,
         cores=cores,
@@ -293,17 +339,41 @@ def report_command(
         cores_per_machine=cores_per_machine,
         volume=volume,
         peak_per_s=peak_per_s,
+        prices=Prices(
+            input_per_mtok=price_input_per_mtok,
+            output_per_mtok=price_output_per_mtok,
+            machine_per_month=machine_price_per_month,
+            gpu_machine_per_month=gpu_price_per_month,
+        ),
+        tokenizer=tokenizer,
+        tokens_override=(input_tokens_per_ticket, output_tokens_per_ticket),
     )
     data = json.loads(paths["json"].read_text())
+    print_costs(data)
+    console().print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def print_costs(data: dict[str, object]) -> None:
+    """The capacity line and the monthly cost rows of a report."""
     cap = data.get("capacity")
-    if cap:
-        console().print(
+    out = console()
+    if isinstance(cap, dict):
+        out.print(
             f"capacity: {cap['tickets_per_s_per_core']:.2f} tickets/s per core"
             f" ({cap['throughput_source']}); peak {cap['peak_per_s']:.2f}/s needs"
             f" {cap['cpu_cores_for_peak']} cores = {cap['cpu_machines']} machine(s)"
             + (f", or {cap['gpus_for_peak']} GPU(s)" if "gpus_for_peak" in cap else "")
         )
-    console().print("wrote " + ", ".join(str(p) for p in paths.values()))
+    costs = data.get("costs")
+    if isinstance(costs, dict):
+        for row in costs["rows"]:
+            out.print(f"cost: {row['option']}: ${row['usd_per_month']:,.0f}/month ({row['how']})")
+
+
+def _toy_assumptions() -> object:
+    from loadgen.desk_model import DeskAssumptions
+
+    return DeskAssumptions()
 
 
 def capacity_command(

@@ -566,6 +566,8 @@ def jira(
             continue
         resolved = parse_time(fields.get("resolutiondate"))
         handoffs = [max(c[0], opened) for c in changes if _present(c[1]) and _present(c[2])]
+        set_later = [c[0] for c in changes if not _present(c[1]) and _present(c[2])]
+        assigned = opened if first is not None or not set_later else max(set_later[0], opened)
         last_seen = _latest(last_seen, opened, resolved, parse_time(fields.get("updated")))
         incidents.append(
             Incident(
@@ -575,7 +577,7 @@ def jira(
                 priority=_jira_value(fields.get("priority")) or "none",
                 groups=tuple(groups),
                 handoffs_at=tuple(handoffs[-(len(groups) - 1) :]) if len(groups) > 1 else (),
-                first_assigned_at=opened,
+                first_assigned_at=assigned,
                 reassignments=len(groups) - 1,
                 first_group_known=True,
             )

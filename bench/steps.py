@@ -309,9 +309,21 @@ def report_step(
     volume: float | None = None,
     peak_per_s: float | None = None,
     figures: bool = True,
+    prices: Any = None,
+    tokenizer: Path | None = None,
+    tokens_override: tuple[float | None, float | None] = (None, None),
+    taxonomy: Taxonomy | None = None,
 ) -> dict[str, Path]:
-    """Assemble report.md / report.json / PNGs from the run folder's JSON files."""
-    from bench import report
+    """Assemble report.md / report.json / PNGs from the run folder's JSON files.
+
+    Args:
+        prices: `bench.cost.Prices` (None: the dated list-price defaults).
+        tokenizer: the expert folder whose tokenizer counts a cloud router's tokens per
+            ticket (None: the default expert's, when it exists); written to tokens.json.
+        tokens_override: input and output tokens per ticket to use instead of counting.
+        taxonomy: the queues the cloud prompt lists (None: the packaged taxonomy).
+    """
+    from bench import cost, report
 
     def load(name: str) -> dict[str, Any] | None:
         path = out_dir / name
@@ -326,6 +338,7 @@ def report_step(
     probed = (probe or {}).get("summary", {}).get("max_sustainable_rate_per_s")
     measured_tps, saturated = report.measured_capacity(collect["series"])
     tps = tickets_per_s or probed or measured_tps
+    day_volume = volume or traffic.get("daily_volume", 100_000)
     cap = None
     if tps:
         cap = report.capacity(
@@ -335,7 +348,7 @@ def report_step(
                 gpu_tickets_per_s=gpu_tickets_per_s,
                 cores_per_machine=cores_per_machine,
             ),
-            volume_per_day=volume or traffic.get("daily_volume", 100_000),
+            volume_per_day=day_volume,
             peak_per_s=peak_per_s or traffic.get("peak_per_s") or 0.0,
         )
         cap["throughput_source"] = (
@@ -345,6 +358,12 @@ def report_step(
             if probed
             else ("saturated bins" if saturated else "lower bound: never saturated")
         )
+    tokens = tokens_step(
+        out_dir=out_dir, tokenizer=tokenizer, override=tokens_override, taxonomy=taxonomy
+    )
+    costs = cost.monthly_costs(
+        cap, tokens=tokens, prices=prices or cost.Prices(), volume_per_day=day_volume
+    )
     data = report.build(
         collect=collect,
         replay=load("replay.json"),
@@ -353,5 +372,66 @@ def report_step(
         traffic={k: v for k, v in traffic.items() if k != "per_hour"} or None,
         demo=demo,
         probe=probe,
+        costs=costs,
     )
     return report.write(data, out_dir, figures=figures)
+
+
+def tokens_step(
+    *,
+    out_dir: Path,
+    tokenizer: Path | None,
+    override: tuple[float | None, float | None] = (None, None),
+    taxonomy: Taxonomy | None = None,
+    corpus_n: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Tokens per ticket of a cloud LLM router: given, read from tokens.json, or counted with
+    the expert's tokenizer on generated tickets (then written to tokens.json).
+
+    Returns None when nothing was given and no tokenizer is at hand.
+    """
+    from bench.cost import measure_tokens
+    from loadgen.default_expert import DEFAULT_MODEL_DIR
+
+    given_in, given_out = override
+    path = out_dir / "tokens.json"
+    if given_in is not None:
+        return {
+            "tokenizer": "given (--input-tokens-per-ticket)",
+            "tickets": 0,
+            "input_tokens_per_ticket": given_in,
+            "output_tokens_per_ticket": given_out if given_out is not None else 5.0,
+            "instruction_tokens": 0,
+            "ticket_tokens_per_ticket": 0.0,
+        }
+    folder = tokenizer or (DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.exists() else None)
+    if tokenizer is None and path.exists():
+        return dict(json.loads(path.read_text()))
+    if folder is None:
+        return None
+    tax = taxonomy or _default_taxonomy()
+    corpus = load_or_make_corpus_for_tokens(n=corpus_n, seed=seed)
+    tokens = measure_tokens(
+        [(t.ticket.text(), t.queue) for t in corpus],
+        tokenizer_dir=folder,
+        queues=[(q.name, q.description) for q in tax.queues],
+    )
+    if given_out is not None:
+        tokens["output_tokens_per_ticket"] = given_out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tokens, indent=2) + "\n")
+    return tokens
+
+
+def _default_taxonomy() -> Taxonomy:
+    from schemas.taxonomy import Taxonomy
+
+    return Taxonomy.load()
+
+
+def load_or_make_corpus_for_tokens(*, n: int, seed: int) -> list[Any]:
+    """The demo's generated tickets (the same generator and seed as its replay)."""
+    from loadgen.steps import load_or_make_corpus
+
+    return load_or_make_corpus(None, n=n, seed=seed)
