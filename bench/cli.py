@@ -96,6 +96,10 @@ def mttr_command(
     router_latency_s: Annotated[
         float, typer.Option(help="This router's latency if nothing was measured.")
     ] = 0.2,
+    router_triage_share: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="This router's triage share if nothing was measured."),
+    ] = 0.05,
     desk: DeskOpt = None,
     replicates: Annotated[
         int | None,
@@ -189,6 +193,7 @@ def mttr_command(
         cloud_latency_s=cloud_latency_s,
         router_accuracy=router_accuracy,
         router_latency_s=router_latency_s,
+        router_triage_share=router_triage_share,
         desk=load_desk(desk),
         replicates=replicates,
     )

@@ -157,6 +157,7 @@ def mttr_step(
     router_latency_s: float,
     desk: Any = None,
     replicates: int | None = None,
+    router_triage_share: float = 0.05,
 ) -> dict[str, Any]:
     """Simulate the desk for each scenario on one day of traffic; write mttr.json.
 
@@ -164,6 +165,7 @@ def mttr_step(
         desk: a calibrated desk (`loadgen.desk_file.DeskFile`): this router, the cloud LLM
             and the desk's own dispatch on it, with intervals (`bench.desk_steps`); None:
             the toy desk of `assumptions` (agents staffed for the peak, manual dispatch).
+        router_triage_share: this router's share sent to triage when nothing was measured.
         replicates: a calibrated desk's bootstrap replicates to use (None: all).
     """
     from collections import Counter
@@ -193,7 +195,11 @@ def mttr_step(
         for h in range(24)
     )
     peak_per_h = {q: base_peak_h * shares[q] / total for q in queues}
-    triage_share = sum(d.kind != "routed" for d in measured) / len(measured) if measured else 0.05
+    triage_share = (
+        sum(d.kind != "routed" for d in measured) / len(measured)
+        if measured
+        else router_triage_share
+    )
     toy = mttr.build_desk(
         assumptions,
         tiers={q.name: q.tier.value for q in taxonomy.queues},
