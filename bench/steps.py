@@ -291,17 +291,40 @@ def _measured_decisions(path: Path) -> tuple[list[Any], int]:
 
 def print_mttr(m: dict[str, Any]) -> None:
     out = console()
+    methods = (m.get("intervals") or {}).get("methods") or {}
+
+    def ci(name: str, key: str) -> str:
+        lo_hi = methods.get(name, {}).get(key)
+        return f" [{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]" if lo_hi else ""
+
+    desk = m.get("desk") or {}
+    if desk:
+        out.print(f"mttr: desk {desk.get('name')} ({desk.get('kind')})")
     for r in m["results"]:
+        n = r["name"]
         out.print(
-            f"mttr: {r['name']}: mean {r['mttr_mean_h']:.2f} h, p90 {r['mttr_p90_h']:.2f} h,"
-            f" misrouted {r['misrouted']}, triaged {r['triaged']},"
+            f"mttr: {n}: mean {r['mttr_mean_h']:.2f} h{ci(n, 'mean_h')}, median"
+            f" {r['mttr_p50_h']:.2f} h{ci(n, 'median_h')}, p90 {r['mttr_p90_h']:.2f} h"
+            f"{ci(n, 'p90_h')}, misrouted {r['misrouted']}, triaged {r['triaged']},"
             f" routing {r['routing_latency_s']:.3g} s/ticket"
         )
-    for name, s in m["saved_vs_baseline"].items():
+    for pair, d in ((m.get("intervals") or {}).get("differences") or {}).items():
         out.print(
-            f"saved vs {m['baseline']}: {name}: {s['reference_hours_per_day']:.0f} h/day"
-            f" (latency x tickets), {s['ticket_hours_per_day']:.0f} ticket-h/day (simulated"
-            f" MTTR), {s['agent_hours_per_day']:.0f} agent-h/day"
+            f"difference: {pair}: "
+            + "; ".join(
+                f"{k.removesuffix('_h')} {x['point']:+.1f} h [{x['interval'][0]:+.1f},"
+                f" {x['interval'][1]:+.1f}] {x['verdict']}"
+                for k, x in d.items()
+            )
+        )
+    for name, s in m["saved_vs_baseline"].items():
+        iv = s.get("ticket_hours_per_day_interval")
+        out.print(
+            f"saved vs {m['baseline']}: {name}: {s['reference_hours_per_day']:,.0f} h/day"
+            f" (latency x tickets), {s['ticket_hours_per_day']:,.0f} ticket-h/day (simulated"
+            " MTTR"
+            + (f"; 95% {iv[0]:,.0f} to {iv[1]:,.0f}" if iv else "")
+            + f"), {s['agent_hours_per_day']:,.0f} agent-h/day"
         )
 
 
