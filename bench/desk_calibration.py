@@ -183,7 +183,7 @@ def fit_resolution(
     residual = np.log(np.maximum(hours, FLOOR_H)) - design @ b
     sigma_plain = float(fit.sigma[0])
     sigma_after = float(fit.sigma[1]) if fit.sigma.size > 1 else sigma_plain
-    classes = {}
+    classes: dict[bool, tuple[list[float], dict[str, list[float]]]] = {}
     for is_handed, sigma in ((False, sigma_plain), (True, sigma_after)):
         mask = handed == is_handed
         if (mask & observed).any():
@@ -195,8 +195,9 @@ def fit_resolution(
                 levels=groups,
                 min_residuals=options.min_group_residuals,
             )
-    plain = classes.get(False, (None, {}))
-    after = classes.get(True, (None, {}))
+    none: tuple[list[float] | None, dict[str, list[float]]] = (None, {})
+    plain = classes.get(False, none)
+    after = classes.get(True, none)
     return ResolutionModel(
         intercept=float(b[0]),
         sigma=sigma_plain,
@@ -445,9 +446,8 @@ def arrivals(incidents: Sequence[Incident]) -> Arrivals:
     covered = np.zeros(168, dtype=bool)
     start = opened[0].replace(minute=0, second=0, microsecond=0)
     for h in range(min(int(math.ceil(span_h)) + 1, 168)):
-        t = start.timestamp() + h * 3600
-        dt = datetime.fromtimestamp(t, tz=start.tzinfo)
-        covered[dt.weekday() * 24 + dt.hour] = True
+        at = datetime.fromtimestamp(start.timestamp() + h * 3600, tz=start.tzinfo)
+        covered[at.weekday() * 24 + at.hour] = True
     total = counts.sum()
     return Arrivals(
         tickets_per_day=len(opened) / (span_h / 24),

@@ -200,7 +200,8 @@ def desk_dispatch_scenario(desk: DeskFile, *, queues: Sequence[str]) -> Scenario
     import numpy as np
 
     from bench.desk_sim import DESK_DISPATCH
-    from bench.mttr import Desk, HandlingTime, parametric_scenario
+    from bench.mttr import Desk, parametric_scenario
+    from loadgen.desk_model import HandlingTime
 
     p = desk.parameters
     minutes = desk.assumptions.get("dispatch_min_per_ticket", 0.0)

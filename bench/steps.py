@@ -441,11 +441,16 @@ def tokens_step(
         return None
     tax = taxonomy or _default_taxonomy()
     corpus = load_or_make_corpus_for_tokens(n=corpus_n, seed=seed)
-    tokens = measure_tokens(
-        [(t.ticket.text(), t.queue) for t in corpus],
-        tokenizer_dir=folder,
-        queues=[(q.name, q.description) for q in tax.queues],
-    )
+    try:
+        tokens = measure_tokens(
+            [(t.ticket.text(), t.queue) for t in corpus],
+            tokenizer_dir=folder,
+            queues=[(q.name, q.description) for q in tax.queues],
+        )
+    except (OSError, ValueError) as exc:
+        # A folder without a readable tokenizer costs the report its API row, never the run.
+        console().print(f"[yellow]tokens per ticket not counted[/] ({folder}): {exc}")
+        return None
     if given_out is not None:
         tokens["output_tokens_per_ticket"] = given_out
     out_dir.mkdir(parents=True, exist_ok=True)
