@@ -13,68 +13,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import report_mttr
+from bench.cost import CapacityInputs, capacity, capacity_md
+from bench.markdown_fmt import fmt as _fmt
+from bench.markdown_fmt import pct as _pct
+from bench.markdown_fmt import table as _table
+
+__all__ = ["CapacityInputs", "build", "capacity", "markdown", "measured_capacity", "write"]
+
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityInputs:
-    """What the cost model needs.
-
-    Attributes:
-        tickets_per_s: sustained routing throughput measured on `cpu_cores` cores.
-        cpu_cores: CPU cores the measured worker(s) used.
-        gpu_tickets_per_s: throughput of one GPU (an input: not measured on this machine).
-        cores_per_machine: CPU cores per machine of the CPU fleet.
-        gpus_per_machine: GPUs per machine of the GPU fleet.
-        target_utilisation: run machines at most this busy at the peak (headroom).
-    """
-
-    tickets_per_s: float
-    cpu_cores: int
-    gpu_tickets_per_s: float | None = None
-    cores_per_machine: int = 16
-    gpus_per_machine: int = 1
-    target_utilisation: float = 0.7
-
-
-def capacity(inputs: CapacityInputs, *, volume_per_day: float, peak_per_s: float) -> Json:
-    """Machines needed for a daily volume and its peak rate, on CPUs and on GPUs (pure).
-
-    The fleet is sized for the peak (storms included) at `target_utilisation`; the average
-    rate only tells how idle it is on average.
-    """
-    if inputs.tickets_per_s <= 0 or inputs.cpu_cores <= 0:
-        raise ValueError("tickets_per_s and cpu_cores must be > 0")
-    per_core = inputs.tickets_per_s / inputs.cpu_cores
-    average_per_s = volume_per_day / 86_400
-    cores_peak = peak_per_s / (per_core * inputs.target_utilisation)
-    cores_avg = average_per_s / per_core
-    out: Json = {
-        "volume_per_day": volume_per_day,
-        "average_per_s": average_per_s,
-        "peak_per_s": peak_per_s,
-        "peak_to_average": peak_per_s / average_per_s if average_per_s else math.nan,
-        "tickets_per_s_per_core": per_core,
-        "target_utilisation": inputs.target_utilisation,
-        "cpu_cores_for_peak": math.ceil(cores_peak),
-        "cpu_cores_for_average": math.ceil(cores_avg),
-        "cpu_machines": math.ceil(cores_peak / inputs.cores_per_machine),
-        "cores_per_machine": inputs.cores_per_machine,
-        "tickets_per_day_per_core": per_core * 86_400,
-    }
-    if inputs.gpu_tickets_per_s:
-        gpus = peak_per_s / (inputs.gpu_tickets_per_s * inputs.target_utilisation)
-        out |= {
-            "tickets_per_s_per_gpu": inputs.gpu_tickets_per_s,
-            "gpus_for_peak": math.ceil(gpus),
-            "gpu_machines": math.ceil(gpus / inputs.gpus_per_machine),
-        }
-    return out
+_headline_md = report_mttr.headline_md
+MTTR_CAPTION = report_mttr.CAPTION
 
 
 def build(
@@ -86,17 +40,30 @@ def build(
     traffic: Json | None = None,
     demo: Json | None = None,
     probe: Json | None = None,
+    costs: Json | None = None,
 ) -> Json:
     """The report's JSON: headline figures first, then each section as given."""
     kept_up = collect.get("latency_kept_up_s") or {}
     headline = {
         "mttr": [
             {
-                k: r[k]
-                for k in ("name", "routing_latency_s", "mttr_mean_h", "mttr_p90_h", "misrouted")
+                k: r.get(k)
+                for k in (
+                    "name",
+                    "routing_latency_s",
+                    "mttr_mean_h",
+                    "mttr_p50_h",
+                    "mttr_p90_h",
+                    "misrouted",
+                )
             }
+            | {"intervals": (r.get("extras") or {}).get("intervals")}
             for r in (mttr or {}).get("results", [])
         ],
+        "mttr_desk": (mttr or {}).get("desk", {}).get("name"),
+        "monthly_cost_usd": {
+            r["option"]: r["usd_per_month"] for r in (costs or {}).get("rows", [])
+        },
         "sent": collect.get("sent"),
         "routed": collect.get("routed"),
         "triaged": collect.get("triaged"),
@@ -126,27 +93,8 @@ def build(
         "collect": collect,
         "mttr": mttr,
         "capacity": capacity_figures,
+        "costs": costs,
     }
-
-
-def _fmt(value: Any, spec: str = ".3g", unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:{spec}}{unit}"
-    return f"{value}{unit}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
 
 
 def _replay_md(replay: Json) -> list[str]:
@@ -245,109 +193,6 @@ def _collect_md(c: Json) -> list[str]:
     if c.get("duplicated_ids"):
         dupes = ", ".join(f"{k} x{v}" for k, v in list(c["duplicated_ids"].items())[:20])
         lines += [f"DUPLICATED: {dupes}", ""]
-    return lines
-
-
-def _saved(m: Json, name: str) -> Json:
-    return (m.get("saved_vs_baseline") or {}).get(name) or {}
-
-
-def _headline_md(m: Json, *, figure: str | None) -> list[str]:
-    """The MTTR comparison: the report's headline."""
-    rows = [
-        [
-            r["name"],
-            _fmt(r["routing_latency_s"], ".3g", " s"),
-            _fmt(r["mttr_mean_h"], ".2f"),
-            _fmt(r["mttr_p90_h"], ".2f"),
-            str(r["misrouted"]),
-            str(r["triaged"]),
-            _fmt(_saved(m, r["name"]).get("ticket_hours_per_day"), ",.0f"),
-        ]
-        for r in m["results"]
-    ]
-    a = m.get("assumptions") or {}
-    used, left_out = a.get("measured_decisions"), a.get("backlogged_decisions_left_out", 0)
-    router = next((r for r in m["results"] if r["name"].startswith("this router")), None)
-    lines = [
-        "## Headline: time to resolve a ticket (MTTR) by routing method",
-        "",
-        *_table(
-            [
-                "scenario",
-                "routing time per ticket",
-                "MTTR mean h",
-                "MTTR p90 h",
-                "misrouted",
-                "to triage",
-                f"ticket-hours/day saved vs {m.get('baseline')}",
-            ],
-            rows,
-        ),
-        "",
-        f"One simulated day of {m['tickets']:,} tickets through the same service desk"
-        " (agents per queue staffed for the busiest hour; handling times, misroute penalty"
-        " and triage time are the assumptions listed under *MTTR details*). Cloud LLM router:"
-        f" the reference system's {_fmt(a.get('cloud_ttft_s'), '.3g')} s time to first token,"
-        f" {_fmt(a.get('cloud_latency_s'), '.3g')} s per classification,"
-        f" {_pct(a.get('cloud_accuracy'))} accuracy. Manual dispatch:"
-        f" {_fmt(a.get('manual_min_per_ticket'), '.3g')} dispatcher minutes per ticket,"
-        f" {_pct(a.get('manual_accuracy'))} accuracy.",
-        "",
-    ]
-    if router is not None and used:
-        lines += [
-            f"This router's row replays its measured decisions and end-to-end latencies: {used:,}"
-            " tickets of this run sent while the router kept up (mean routing time"
-            f" {_fmt(router['routing_latency_s'], '.3g')} s). {left_out:,} tickets sent while"
-            " it was saturated are left out: their latency is a backlog the replay built,"
-            " not the router's, and never reaches this comparison.",
-            "",
-        ]
-    elif router is not None and used == 0:
-        lines += [
-            "No ticket of this run was answered while the router kept up, so this router's"
-            " row uses an assumed routing time, never a backlog's.",
-            "",
-        ]
-    if figure:
-        lines += [f"![MTTR by routing method]({figure})", ""]
-    return lines
-
-
-def _mttr_md(m: Json) -> list[str]:
-    lines = [
-        "## MTTR details (service-desk simulation)",
-        "",
-        f"{m['tickets']} tickets over {_fmt(m['days'], '.3g')} day(s). Assumptions: "
-        + "; ".join(f"{k} {_assumption(v)}" for k, v in m.get("assumptions", {}).items())
-        + ".",
-        "",
-    ]
-    saved = m.get("saved_vs_baseline") or {}
-    if saved:
-        lines += [
-            f"Hours per day saved versus `{m.get('baseline')}`:",
-            "",
-            *_table(
-                [
-                    "scenario",
-                    "reference (latency x tickets)",
-                    "simulated ticket-hours",
-                    "agent-hours",
-                ],
-                [
-                    [
-                        name,
-                        _fmt(s["reference_hours_per_day"], ".1f"),
-                        _fmt(s["ticket_hours_per_day"], ".1f"),
-                        _fmt(s["agent_hours_per_day"], ".1f"),
-                    ]
-                    for name, s in saved.items()
-                ],
-            ),
-            "",
-        ]
     return lines
 
 
@@ -453,37 +298,6 @@ def _demo_md(demo: Json, probe: Json | None, replay: Json | None, collect: Json)
     return lines
 
 
-def _assumption(value: Any) -> str:
-    if isinstance(value, Mapping):
-        if all(isinstance(v, int) for v in value.values()):
-            return f"{sum(value.values())} in total"
-        return ", ".join(f"{k} {v}" for k, v in value.items())
-    return _fmt(value)
-
-
-def _capacity_md(cap: Json) -> list[str]:
-    lines = [
-        "## Capacity and cost",
-        "",
-        f"{_fmt(cap['volume_per_day'], ',.0f')} tickets/day: average"
-        f" {_fmt(cap['average_per_s'], '.2f')}/s, peak {_fmt(cap['peak_per_s'], '.2f')}/s"
-        f" ({_fmt(cap['peak_to_average'], '.1f')}x average)."
-        f" Measured {_fmt(cap['tickets_per_s_per_core'], '.2f')} tickets/s per CPU core"
-        f" ({_fmt(cap['tickets_per_day_per_core'], ',.0f')} per core-day).",
-        f"At {_pct(cap['target_utilisation'])} utilisation at the peak: "
-        f"{cap['cpu_cores_for_peak']} CPU cores = {cap['cpu_machines']} machine(s) of"
-        f" {cap['cores_per_machine']} cores (the average alone needs"
-        f" {cap['cpu_cores_for_average']} cores).",
-    ]
-    if "gpus_for_peak" in cap:
-        lines.append(
-            f"On GPUs at {_fmt(cap['tickets_per_s_per_gpu'], '.0f')} tickets/s each (an input,"
-            f" not measured here): {cap['gpus_for_peak']} GPU(s),"
-            f" {cap['gpu_machines']} machine(s)."
-        )
-    return [*lines, ""]
-
-
 def markdown(report: Json, figures: Mapping[str, str]) -> str:
     """The report as Markdown; `figures` maps a caption to a PNG path relative to it."""
     demo = report.get("demo")
@@ -492,7 +306,8 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
     figures = dict(figures)
     mttr_png = figures.pop(MTTR_CAPTION, None)
     if report.get("mttr"):
-        lines += _headline_md(report["mttr"], figure=mttr_png)
+        lines += report_mttr.headline_md(report["mttr"], figure=mttr_png)
+        lines += report_mttr.desk_md(report["mttr"])
     if demo:
         lines += _demo_md(demo, report.get("probe"), report.get("replay"), report["collect"])
     traffic = report.get("traffic")
@@ -513,17 +328,14 @@ def markdown(report: Json, figures: Mapping[str, str]) -> str:
         lines += _replay_md(report["replay"])
     lines += _collect_md(report["collect"])
     if report.get("mttr"):
-        lines += _mttr_md(report["mttr"])
-    if report.get("capacity"):
-        lines += _capacity_md(report["capacity"])
+        lines += report_mttr.details_md(report["mttr"])
+    if report.get("capacity") or report.get("costs"):
+        lines += capacity_md(report.get("capacity"), report.get("costs"))
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{caption}]({path})" for caption, path in figures.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-MTTR_CAPTION = "MTTR by routing method"
 
 
 def plot(report: Json, out_dir: Path) -> dict[str, str]:
@@ -570,28 +382,13 @@ def plot(report: Json, out_dir: Path) -> dict[str, str]:
         figures["Confusion matrix"] = _confusion_png(plt, c, out_dir)
     mttr = report.get("mttr")
     if mttr and mttr.get("results"):
-        figures[MTTR_CAPTION] = _mttr_png(plt, mttr, out_dir)
+        figures[MTTR_CAPTION] = report_mttr.mttr_png(plt, mttr, out_dir, _save)
     probe = report.get("probe")
     if probe and probe.get("steps"):
         figures["Capacity probe: latency and answered rate by offered rate"] = _probe_png(
             plt, probe, out_dir
         )
     return figures
-
-
-def _mttr_png(plt: Any, mttr: Json, out_dir: Path) -> str:
-    results = mttr["results"]
-    names = [f"{r['name']}\n({_fmt(r['routing_latency_s'], '.3g')} s/ticket)" for r in results]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    x = range(len(names))
-    mean = ax.bar([i - 0.2 for i in x], [r["mttr_mean_h"] for r in results], 0.4, label="mean")
-    p90 = ax.bar([i + 0.2 for i in x], [r["mttr_p90_h"] for r in results], 0.4, label="p90")
-    ax.bar_label(mean, fmt="%.2f", fontsize=8)
-    ax.bar_label(p90, fmt="%.2f", fontsize=8)
-    ax.set_xticks(list(x), names, fontsize=8)
-    ax.set(ylabel="time to resolve (hours)", title="MTTR by routing method (simulated day)")
-    ax.legend()
-    return _save(fig, out_dir, "mttr.png")
 
 
 def _probe_png(plt: Any, probe: Json, out_dir: Path) -> str:

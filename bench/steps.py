@@ -155,8 +155,19 @@ def mttr_step(
     cloud_latency_s: float,
     router_accuracy: float,
     router_latency_s: float,
+    desk: Any = None,
+    replicates: int | None = None,
+    router_triage_share: float = 0.05,
 ) -> dict[str, Any]:
-    """Simulate the desk for each scenario on one day of traffic; write mttr.json."""
+    """Simulate the desk for each scenario on one day of traffic; write mttr.json.
+
+    Args:
+        desk: a calibrated desk (`loadgen.desk_file.DeskFile`): this router, the cloud LLM
+            and the desk's own dispatch on it, with intervals (`bench.desk_steps`); None:
+            the toy desk of `assumptions` (agents staffed for the peak, manual dispatch).
+        router_triage_share: this router's share sent to triage when nothing was measured.
+        replicates: a calibrated desk's bootstrap replicates to use (None: all).
+    """
     from collections import Counter
 
     from bench import mttr
@@ -184,8 +195,12 @@ def mttr_step(
         for h in range(24)
     )
     peak_per_h = {q: base_peak_h * shares[q] / total for q in queues}
-    triage_share = sum(d.kind != "routed" for d in measured) / len(measured) if measured else 0.05
-    desk = mttr.build_desk(
+    triage_share = (
+        sum(d.kind != "routed" for d in measured) / len(measured)
+        if measured
+        else router_triage_share
+    )
+    toy = mttr.build_desk(
         assumptions,
         tiers={q.name: q.tier.value for q in taxonomy.queues},
         peak_per_h=peak_per_h,
@@ -202,17 +217,39 @@ def mttr_step(
             accuracy=router_accuracy,
             triage_share=triage_share,
         )
+    cloud = mttr.cloud_llm_scenario(
+        queues=queues, ttft_s=CLOUD_TTFT_S, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
+    )
+    common = {
+        "cloud_accuracy": cloud_accuracy,
+        "cloud_ttft_s": CLOUD_TTFT_S,
+        "cloud_latency_s": cloud_latency_s,
+        "measured_decisions": len(measured),
+        "backlogged_decisions_left_out": backlogged,
+    }
+    if desk is not None:
+        from bench.desk_steps import calibrated_mttr
+
+        data = calibrated_mttr(
+            desk=desk,
+            router=router,
+            cloud=cloud,
+            queues=queues,
+            truths=truths,
+            seed=seed,
+            days=hours / 24,
+            assumptions=common,
+            replicates=replicates,
+        )
+        return _write_mttr(out_dir, data)
     manual = mttr.manual_scenario(
         queues=queues,
         dispatchers=mttr.dispatchers_for(assumptions, peak_total_per_h=base_peak_h),
         minutes_per_ticket=assumptions.manual_min_per_ticket,
         accuracy=assumptions.manual_accuracy,
     )
-    cloud = mttr.cloud_llm_scenario(
-        queues=queues, ttft_s=CLOUD_TTFT_S, per_ticket_s=cloud_latency_s, accuracy=cloud_accuracy
-    )
     comparison = mttr.compare(
-        desk,
+        toy,
         [router, cloud, manual],
         arrivals_s=schedule.times_s.tolist(),
         truths=truths,
@@ -226,16 +263,17 @@ def mttr_step(
         baseline=manual.name,
         assumptions={
             **asdict(assumptions),
-            "cloud_accuracy": cloud_accuracy,
-            "cloud_ttft_s": CLOUD_TTFT_S,
-            "cloud_latency_s": cloud_latency_s,
-            "measured_decisions": len(measured),
-            "backlogged_decisions_left_out": backlogged,
-            "agents": {q: d.agents for q, d in desk.queues.items()},
-            "triage_agents": desk.triage.agents,
+            **common,
+            "agents": {q: d.agents for q, d in toy.queues.items()},
+            "triage_agents": toy.triage.agents,
             "dispatchers": manual.dispatch.agents if manual.dispatch else 0,
         },
     )
+    data["desk"] = {"name": "toy", "kind": "toy"}
+    return _write_mttr(out_dir, data)
+
+
+def _write_mttr(out_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "mttr.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -253,17 +291,40 @@ def _measured_decisions(path: Path) -> tuple[list[Any], int]:
 
 def print_mttr(m: dict[str, Any]) -> None:
     out = console()
+    methods = (m.get("intervals") or {}).get("methods") or {}
+
+    def ci(name: str, key: str) -> str:
+        lo_hi = methods.get(name, {}).get(key)
+        return f" [{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]" if lo_hi else ""
+
+    desk = m.get("desk") or {}
+    if desk:
+        out.print(f"mttr: desk {desk.get('name')} ({desk.get('kind')})")
     for r in m["results"]:
+        n = r["name"]
         out.print(
-            f"mttr: {r['name']}: mean {r['mttr_mean_h']:.2f} h, p90 {r['mttr_p90_h']:.2f} h,"
-            f" misrouted {r['misrouted']}, triaged {r['triaged']},"
+            f"mttr: {n}: mean {r['mttr_mean_h']:.2f} h{ci(n, 'mean_h')}, median"
+            f" {r['mttr_p50_h']:.2f} h{ci(n, 'median_h')}, p90 {r['mttr_p90_h']:.2f} h"
+            f"{ci(n, 'p90_h')}, misrouted {r['misrouted']}, triaged {r['triaged']},"
             f" routing {r['routing_latency_s']:.3g} s/ticket"
         )
-    for name, s in m["saved_vs_baseline"].items():
+    for pair, d in ((m.get("intervals") or {}).get("differences") or {}).items():
         out.print(
-            f"saved vs {m['baseline']}: {name}: {s['reference_hours_per_day']:.0f} h/day"
-            f" (latency x tickets), {s['ticket_hours_per_day']:.0f} ticket-h/day (simulated"
-            f" MTTR), {s['agent_hours_per_day']:.0f} agent-h/day"
+            f"difference: {pair}: "
+            + "; ".join(
+                f"{k.removesuffix('_h')} {x['point']:+.1f} h [{x['interval'][0]:+.1f},"
+                f" {x['interval'][1]:+.1f}] {x['verdict']}"
+                for k, x in d.items()
+            )
+        )
+    for name, s in m["saved_vs_baseline"].items():
+        iv = s.get("ticket_hours_per_day_interval")
+        out.print(
+            f"saved vs {m['baseline']}: {name}: {s['reference_hours_per_day']:,.0f} h/day"
+            f" (latency x tickets), {s['ticket_hours_per_day']:,.0f} ticket-h/day (simulated"
+            " MTTR"
+            + (f"; 95% {iv[0]:,.0f} to {iv[1]:,.0f}" if iv else "")
+            + f"), {s['agent_hours_per_day']:,.0f} agent-h/day"
         )
 
 
@@ -277,9 +338,21 @@ def report_step(
     volume: float | None = None,
     peak_per_s: float | None = None,
     figures: bool = True,
+    prices: Any = None,
+    tokenizer: Path | None = None,
+    tokens_override: tuple[float | None, float | None] = (None, None),
+    taxonomy: Taxonomy | None = None,
 ) -> dict[str, Path]:
-    """Assemble report.md / report.json / PNGs from the run folder's JSON files."""
-    from bench import report
+    """Assemble report.md / report.json / PNGs from the run folder's JSON files.
+
+    Args:
+        prices: `bench.cost.Prices` (None: the dated list-price defaults).
+        tokenizer: the expert folder whose tokenizer counts a cloud router's tokens per
+            ticket (None: the default expert's, when it exists); written to tokens.json.
+        tokens_override: input and output tokens per ticket to use instead of counting.
+        taxonomy: the queues the cloud prompt lists (None: the packaged taxonomy).
+    """
+    from bench import cost, report
 
     def load(name: str) -> dict[str, Any] | None:
         path = out_dir / name
@@ -294,6 +367,7 @@ def report_step(
     probed = (probe or {}).get("summary", {}).get("max_sustainable_rate_per_s")
     measured_tps, saturated = report.measured_capacity(collect["series"])
     tps = tickets_per_s or probed or measured_tps
+    day_volume = volume or traffic.get("daily_volume", 100_000)
     cap = None
     if tps:
         cap = report.capacity(
@@ -303,7 +377,7 @@ def report_step(
                 gpu_tickets_per_s=gpu_tickets_per_s,
                 cores_per_machine=cores_per_machine,
             ),
-            volume_per_day=volume or traffic.get("daily_volume", 100_000),
+            volume_per_day=day_volume,
             peak_per_s=peak_per_s or traffic.get("peak_per_s") or 0.0,
         )
         cap["throughput_source"] = (
@@ -313,6 +387,12 @@ def report_step(
             if probed
             else ("saturated bins" if saturated else "lower bound: never saturated")
         )
+    tokens = tokens_step(
+        out_dir=out_dir, tokenizer=tokenizer, override=tokens_override, taxonomy=taxonomy
+    )
+    costs = cost.monthly_costs(
+        cap, tokens=tokens, prices=prices or cost.Prices(), volume_per_day=day_volume
+    )
     data = report.build(
         collect=collect,
         replay=load("replay.json"),
@@ -321,5 +401,71 @@ def report_step(
         traffic={k: v for k, v in traffic.items() if k != "per_hour"} or None,
         demo=demo,
         probe=probe,
+        costs=costs,
     )
     return report.write(data, out_dir, figures=figures)
+
+
+def tokens_step(
+    *,
+    out_dir: Path,
+    tokenizer: Path | None,
+    override: tuple[float | None, float | None] = (None, None),
+    taxonomy: Taxonomy | None = None,
+    corpus_n: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Tokens per ticket of a cloud LLM router: given, read from tokens.json, or counted with
+    the expert's tokenizer on generated tickets (then written to tokens.json).
+
+    Returns None when nothing was given and no tokenizer is at hand.
+    """
+    from bench.cost import measure_tokens
+    from loadgen.default_expert import DEFAULT_MODEL_DIR
+
+    given_in, given_out = override
+    path = out_dir / "tokens.json"
+    if given_in is not None:
+        return {
+            "tokenizer": "given (--input-tokens-per-ticket)",
+            "tickets": 0,
+            "input_tokens_per_ticket": given_in,
+            "output_tokens_per_ticket": given_out if given_out is not None else 5.0,
+            "instruction_tokens": 0,
+            "ticket_tokens_per_ticket": 0.0,
+        }
+    folder = tokenizer or (DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.exists() else None)
+    if tokenizer is None and path.exists():
+        return dict(json.loads(path.read_text()))
+    if folder is None:
+        return None
+    tax = taxonomy or _default_taxonomy()
+    corpus = load_or_make_corpus_for_tokens(n=corpus_n, seed=seed)
+    try:
+        tokens = measure_tokens(
+            [(t.ticket.text(), t.queue) for t in corpus],
+            tokenizer_dir=folder,
+            queues=[(q.name, q.description) for q in tax.queues],
+        )
+    except (OSError, ValueError) as exc:
+        # A folder without a readable tokenizer costs the report its API row, never the run.
+        console().print(f"[yellow]tokens per ticket not counted[/] ({folder}): {exc}")
+        return None
+    if given_out is not None:
+        tokens["output_tokens_per_ticket"] = given_out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tokens, indent=2) + "\n")
+    return tokens
+
+
+def _default_taxonomy() -> Taxonomy:
+    from schemas.taxonomy import Taxonomy
+
+    return Taxonomy.load()
+
+
+def load_or_make_corpus_for_tokens(*, n: int, seed: int) -> list[Any]:
+    """The demo's generated tickets (the same generator and seed as its replay)."""
+    from loadgen.steps import load_or_make_corpus
+
+    return load_or_make_corpus(None, n=n, seed=seed)

@@ -62,6 +62,7 @@ def demo(
     ] = 60.0,
     corpus_n: Annotated[int, typer.Option(help="Generated corpus size.")] = 2000,
     seed: Seed = 0,
+    desk: bench_cli.DeskOpt = None,
 ) -> None:
     """Broker + expert + worker, a capacity probe, the busiest hours of a 100k-ticket day
     compressed only as far as the router keeps up, then collect + MTTR + report.
@@ -72,6 +73,7 @@ def demo(
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"--format must be one of {FORMATS}")
+    bench_cli.load_desk(desk)  # a bad desk file fails now, not after the replay
     code = run_demo(
         DemoOptions(
             out_dir=out_dir,
@@ -85,6 +87,7 @@ def demo(
             replay_s=replay_min * 60 if replay_min else None,
             headroom=headroom,
             stall_s=stall_s,
+            desk=desk,
         )
     )
     if code:

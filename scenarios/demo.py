@@ -55,6 +55,8 @@ class DemoOptions:
         replay_s: fixed replay length in seconds (None: what the budget leaves, 1 to 8 min).
         headroom: the replay's busiest minute offers at most this share of the capacity.
         stall_s: the drain ends when the router made no progress for this long.
+        desk: the desk behind the queues for the MTTR headline: a desk file, `toy`, or None
+            for the desk shipped with the project (fitted on a real ServiceNow history).
     """
 
     out_dir: Path = Path(".state/demo")
@@ -68,6 +70,7 @@ class DemoOptions:
     replay_s: float | None = None
     headroom: float = 0.8
     stall_s: float = 60.0
+    desk: str | None = None
 
 
 # After the replay: drain, stopping the worker, reading the outputs, the MTTR simulation
@@ -134,7 +137,14 @@ def _run(run: _Run) -> int:
 
     opts = run.options
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("collect.json", "outcomes.jsonl", "mttr.json", "probe.json", "demo.json"):
+    for stale in (
+        "collect.json",
+        "outcomes.jsonl",
+        "mttr.json",
+        "probe.json",
+        "demo.json",
+        "tokens.json",
+    ):
         (opts.out_dir / stale).unlink(missing_ok=True)
     metrics_port = _free_port()
     # The worker child builds the same settings from the same environment and flags.
@@ -501,10 +511,13 @@ def _drain(
 
 def _report(run: _Run, *, taxonomy: Taxonomy) -> None:
     from bench import steps as bench_steps
+    from loadgen.desk_file import resolve_desk
     from loadgen.desk_model import DeskAssumptions
 
     opts = run.options
-    with run.phase("mttr", "simulating the service desk for a whole day of tickets"):
+    desk = resolve_desk(opts.desk)
+    what = f"the desk {desk.name!r} (fitted on a real history)" if desk else "the toy desk"
+    with run.phase("mttr", f"simulating {what} for a whole day of tickets"):
         bench_steps.print_mttr(
             bench_steps.mttr_step(
                 out_dir=opts.out_dir,
@@ -517,6 +530,7 @@ def _report(run: _Run, *, taxonomy: Taxonomy) -> None:
                 cloud_latency_s=2.5,
                 router_accuracy=0.9,
                 router_latency_s=0.2,
+                desk=desk,
             )
         )
     run.doc.pop("_probe_ids", None)
@@ -529,5 +543,10 @@ def _report(run: _Run, *, taxonomy: Taxonomy) -> None:
     }
     (opts.out_dir / "demo.json").write_text(json.dumps(run.doc, indent=2) + "\n")
     with run.phase("report", "writing the report"):
-        paths = bench_steps.report_step(out_dir=opts.out_dir, cores=os.cpu_count() or 1)
+        paths = bench_steps.report_step(
+            out_dir=opts.out_dir,
+            cores=os.cpu_count() or 1,
+            tokenizer=Path(run.doc["expert"]["model_dir"]),
+            taxonomy=taxonomy,
+        )
     run.say("demo", f"report at {paths['markdown']} ({run.elapsed() / 60:.1f} min in all)")

@@ -157,13 +157,24 @@ def test_traffic_command_prints_the_day(tmp_path: Path) -> None:
     assert (tmp_path / "t.png").exists()
 
 
-def test_mttr_command_compares_three_scenarios(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["mttr", "--dir", str(tmp_path), "--volume", "3000"])
+def test_mttr_command_compares_three_methods_on_the_shipped_desk(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["mttr", "--dir", str(tmp_path), "--volume", "3000", "--replicates", "4"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "mttr.json").read_text())
     names = [r["name"] for r in data["results"]]
-    assert names == ["this router (assumed)", "cloud LLM router", "manual dispatch"]
+    assert names == ["this router (assumed)", "cloud LLM router", "desk's own dispatch (observed)"]
     assert set(data["saved_vs_baseline"]) == {"this router (assumed)", "cloud LLM router"}
+    assert data["desk"]["name"] == "servicenow-sample" and data["intervals"]["replicates"] == 4
+    pair = "this router (assumed) vs desk's own dispatch (observed)"
+    assert data["intervals"]["differences"][pair]["mean_h"]["verdict"] in {
+        "shorter",
+        "longer",
+        "no difference",
+    }
+    md = "\n".join(_headline_md(data, figure=None))
+    assert "[95%]" in md and "no difference" in md
 
 
 def test_replay_then_collect_commands_without_a_router_report_everything_not_routed(
