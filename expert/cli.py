@@ -310,6 +310,10 @@ def evaluate_command(
     console.print(table)
     if (line := card_threshold_line(report)) is not None:
         console.print(line)
+    if report.thresholds is not None:
+        from expert.queue_report import summary_line
+
+        console.print(summary_line(report.thresholds))
     if report.engine:
         cpu = report.engine.get("cpu")
         console.print(
