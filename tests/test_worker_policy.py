@@ -195,3 +195,53 @@ async def test_pipeline_publishes_shadow_and_recommend_records_and_counts_them()
         == 1
     )
     assert reg.get_sample_value("router_tickets_routed_total", {"queue": VPN}) is None
+
+
+# --- route -----------------------------------------------------------------------------------
+
+
+def test_route_shows_the_queue_threshold_and_mode_that_applied() -> None:
+    from expert.card import ExpertCard
+    from tests.test_worker_route import StubEngine
+    from worker.route import ExpertVersion, item_from_text, route_items, threshold_in_force
+
+    card = ExpertCard.model_validate(
+        {
+            "kind": "classifier",
+            "model_id": "m",
+            "labels": TAX.labels,
+            "prompt_template": "{ticket}",
+            "max_prompt_tokens": 64,
+        }
+    )
+    threshold = threshold_in_force(None, 0.9, {VPN: 0.5})
+    assert threshold.for_queue(VPN) == 0.5 and threshold.for_queue(HW) == 0.9
+    version = ExpertVersion("m", None, 0.9, {VPN: 0.5})
+    items = [item_from_text("vpn down")]
+
+    def decide(modes: dict[str, QueueMode]) -> dict[str, object]:
+        (outcome,) = route_items(
+            items,
+            engine=StubEngine(card, VPN, 0.6),
+            version=version,
+            taxonomy=TAX,
+            threshold=threshold,
+            modes=modes,
+        )
+        return outcome.as_json()
+
+    routed = decide({})
+    assert (routed["disposition"], routed["threshold"], routed["mode"]) == (
+        "routed",
+        0.5,
+        "autoroute",
+    )
+    assert routed["threshold_source"] == "expert card (queue)"
+    shadow = decide({VPN: QueueMode.SHADOW})
+    assert (shadow["disposition"], shadow["triage_reason"]) == ("triage", "shadow_mode")
+    assert shadow["shadow_topic"] == TAX.topics.shadow
+    recommend = decide({VPN: QueueMode.RECOMMEND})
+    assert (recommend["triage_reason"], recommend["queue"]) == ("recommend_mode", VPN)
+    # A configured threshold is one for all: the card's 0.5 for the queue no longer applies.
+    configured = threshold_in_force(0.7, 0.9, {VPN: 0.5})
+    assert configured.for_queue(VPN) == 0.7 and configured.per_queue == {}
