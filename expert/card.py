@@ -89,9 +89,11 @@ class RoutingCalibration(BaseModel):
         validation_coverage: share of validation tickets at or above it.
         validation_examples: how many validation tickets it was chosen on.
         queue_thresholds: per-queue thresholds (`expert.thresholds`): a ticket is routed
-            when its confidence reaches the threshold of the queue it is predicted for;
-            queues absent here use `confidence_threshold`. Empty: one global threshold (cards
-            written before per-queue thresholds).
+            when its confidence reaches the threshold of the queue it is predicted for. Every
+            label is listed: a queue with few validation tickets has the fallback (the global
+            threshold chosen with the same lower bound); a queue absent here uses
+            `confidence_threshold`. Empty: one global threshold (cards written before
+            per-queue thresholds).
         queue_calibration: how each queue's threshold was chosen (validation counts, the
             queues that fell back to the global threshold), for every label.
         queue_min_predicted: fewer predicted validation tickets than this: the global

@@ -131,7 +131,8 @@ def markdown_lines(comparison: ThresholdComparison) -> list[str]:
         f"| per queue | {q.routed} | {q.coverage:.3f} | {_pct(q.precision)} |",
         "",
         "Per predicted queue (a queue's precision is that of the tickets routed TO it; "
-        "source: its own threshold, the global one (too few validation tickets), or "
+        "source: its own threshold, the fallback (too few validation tickets: the global "
+        "threshold chosen with the same lower bound), or "
         "unreachable (no threshold reached the target on validation: nothing routed)):",
         "",
         "| queue | source | threshold | predicted | global: routed / precision | "

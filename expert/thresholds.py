@@ -10,8 +10,9 @@ least `min_predicted` validation tickets, every cut between distinct confidences
 candidate; the chosen cut routes the most tickets whose *estimated* precision reaches the
 target. Queues are independent (a ticket is routed to its predicted queue only), so
 maximising each queue's routed count maximises the total. A queue with fewer validation
-tickets falls back to the global threshold; a queue where no cut reaches the target routes
-nothing (threshold 1.0).
+tickets falls back to the global threshold (`expert.calibrate` passes the one chosen by the
+same lower bound over all validation tickets); a queue where no cut reaches the target
+routes nothing (threshold 1.0).
 
 The estimate is a Wilson lower confidence bound on the precision (z = `strength`): a cut
 that routes 8 of 8 tickets right is not trusted like one that routes 80 of 84. With z = 0
@@ -41,8 +42,8 @@ class QueueCalibration(BaseModel):
     Attributes:
         threshold: the threshold in force for tickets predicted for this queue.
         source: "queue" (its own, chosen on its validation tickets), "global" (too few
-            validation tickets: the global threshold), "unreachable" (no cut reached the
-            target: nothing is routed).
+            validation tickets: the fallback, a global threshold), "unreachable" (no cut
+            reached the target: nothing is routed).
         predicted: validation tickets the expert predicted for this queue.
         routed: of those, the ones at or above `threshold`.
         precision: validation precision of the routed ones (None: none routed).

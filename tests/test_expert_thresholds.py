@@ -109,7 +109,9 @@ def test_routing_calibration_beats_one_global_threshold_on_uneven_queues() -> No
     routing = routing_calibration(
         probs, y, labels=["a", "b", "c"], target=0.99, min_predicted=20, strength=0.0
     )
-    assert routing.queue_thresholds == pytest.approx({"a": 0.4, "b": 0.8})
+    assert routing.confidence_threshold == pytest.approx(0.8)
+    # c is never predicted: it falls back to the global threshold (raw at strength 0).
+    assert routing.queue_thresholds == pytest.approx({"a": 0.4, "b": 0.8, "c": 0.8})
     assert routing.queue_calibration["c"].source == "global"
     assert routing.queue_validation_precision == 1.0
     assert routing.queue_validation_coverage is not None
@@ -131,3 +133,21 @@ def test_cards_without_queue_thresholds_still_load_and_unknown_queues_are_refuse
         ExpertCard.model_validate(
             {**old, "routing": {"target_precision": 0.95, "queue_thresholds": {"nope": 0.5}}}
         )
+
+
+def test_the_fallback_is_the_global_threshold_chosen_by_the_same_lower_bound() -> None:
+    # One queue with 200 tickets right from 0.5 up and 1 wrong ticket in every 20 above.
+    confs = [0.5 + 0.0024 * i for i in range(200)]
+    correct = [i % 20 != 0 for i in range(200)]
+    probs = np.asarray([[c, 1 - c] for c in confs])
+    y = np.asarray([0 if ok else 1 for ok in correct])
+    raw = routing_calibration(
+        probs, y, labels=["a", "b"], target=0.94, min_predicted=1000, strength=0.0
+    )
+    smooth = routing_calibration(
+        probs, y, labels=["a", "b"], target=0.94, min_predicted=1000, strength=1.0
+    )
+    assert raw.queue_calibration["a"].source == smooth.queue_calibration["a"].source == "global"
+    assert raw.confidence_threshold == smooth.confidence_threshold  # the card's raw global
+    assert raw.queue_thresholds["a"] == raw.confidence_threshold
+    assert smooth.queue_thresholds["a"] > raw.confidence_threshold  # the fallback is stricter
