@@ -217,6 +217,6 @@ def recalibrate_card(
         model_dir=str(model_dir),
         card=CARD_FILENAME,
         threshold=routing.confidence_threshold,
-        queues_own=len(routing.queue_thresholds),
+        queues_own=sum(c.source == "queue" for c in routing.queue_calibration.values()),
     )
     return card
