@@ -1,5 +1,5 @@
-"""The measuring commands: the `bench` group (worker, feedback) and the `loadgen` group's
-collect, mttr, report and capacity.
+"""The measuring commands: the `bench` group (worker, feedback, thresholds) and the
+`loadgen` group's collect, mttr, report and capacity.
 
 Owns their argument parsing; the work is done by `bench.steps`, `bench.capacity` and the
 benches. `ticket_router.py` mounts collect/mttr/report/capacity beside the traffic
@@ -17,6 +17,7 @@ import typer
 from bench.cost import Prices
 from bench.feedback_bench import bench_feedback
 from bench.steps import collect_step, mttr_step, print_collect, print_mttr, report_step
+from bench.thresholds_bench import bench_thresholds
 from bench.worker_bench import bench_worker
 from loadgen.cli import Bootstrap, Dir, Seed, TaxonomyOpt, Volume
 from loadgen.steps import console, load_taxonomy
@@ -36,6 +37,7 @@ DeskOpt = Annotated[
 app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.command("worker")(bench_worker)
 app.command("feedback")(bench_feedback)
+app.command("thresholds")(bench_thresholds)
 
 
 def collect_command(

@@ -12,6 +12,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from expert.prompt import DEFAULT_TEMPLATE, validate_template
+from expert.thresholds import QueueCalibration
 
 CARD_FILENAME = "expert.json"
 CARD_FORMAT_VERSION = 1
@@ -87,6 +88,19 @@ class RoutingCalibration(BaseModel):
         validation_precision: precision of the validation tickets at or above it.
         validation_coverage: share of validation tickets at or above it.
         validation_examples: how many validation tickets it was chosen on.
+        queue_thresholds: per-queue thresholds (`expert.thresholds`): a ticket is routed
+            when its confidence reaches the threshold of the queue it is predicted for. Every
+            label is listed: a queue with few validation tickets has the fallback (the global
+            threshold chosen with the same lower bound); a queue absent here uses
+            `confidence_threshold`. Empty: one global threshold (cards written before
+            per-queue thresholds).
+        queue_calibration: how each queue's threshold was chosen (validation counts, the
+            queues that fell back to the global threshold), for every label.
+        queue_min_predicted: fewer predicted validation tickets than this: the global
+            threshold.
+        queue_strength: z of the Wilson lower bound on each queue's precision (0: raw).
+        queue_validation_coverage, queue_validation_precision: the per-queue thresholds'
+            figures on the validation rows, all queues together.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -96,6 +110,19 @@ class RoutingCalibration(BaseModel):
     validation_precision: float | None = None
     validation_coverage: float = Field(default=0.0, ge=0.0, le=1.0)
     validation_examples: int = Field(default=0, ge=0)
+    queue_thresholds: dict[str, float] = Field(default_factory=dict)
+    queue_calibration: dict[str, QueueCalibration] = Field(default_factory=dict)
+    queue_min_predicted: int | None = Field(default=None, ge=1)
+    queue_strength: float | None = Field(default=None, ge=0.0)
+    queue_validation_coverage: float | None = Field(default=None, ge=0.0, le=1.0)
+    queue_validation_precision: float | None = None
+
+    @model_validator(mode="after")
+    def _queue_thresholds_are_probabilities(self) -> Self:
+        bad = sorted(q for q, t in self.queue_thresholds.items() if not 0.0 <= t <= 1.0)
+        if bad:
+            raise ValueError(f"queue_thresholds must lie in [0, 1]; not: {bad}")
+        return self
 
 
 class ValidationScores(BaseModel):
@@ -183,7 +210,7 @@ class ExpertCard(BaseModel):
         base_model: the base model directory or name; None for a from-scratch model.
         adapter: LoRA details when the directory holds an adapter, else None.
         training: training figures, None when unknown.
-        routing: the triage threshold chosen on validation data, None when not calibrated
+        routing: the triage threshold(s) chosen on validation data, None when not calibrated
             (the worker then uses its configured threshold, default 0.5).
         fusion: how the neural answer is combined with the lexical model's (and calibrated);
             None: the neural model's probabilities are served as they are.
@@ -225,6 +252,14 @@ class ExpertCard(BaseModel):
         validate_template(self.prompt_template)
         if self.adapter is not None and self.base_model is None:
             raise ValueError("an adapter card must name its base_model")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_thresholds_name_labels(self) -> Self:
+        if self.routing is not None:
+            unknown = sorted(set(self.routing.queue_thresholds) - set(self.labels))
+            if unknown:
+                raise ValueError(f"routing.queue_thresholds names unknown labels: {unknown}")
         return self
 
     def _check_classifier(self) -> Self:

@@ -1,4 +1,4 @@
-"""`ticket-router expert build|eval`: the expert's commands.
+"""`ticket-router expert build|eval|calibrate`: the expert's commands.
 
 Owns argument parsing and terminal output (rich) for building and evaluating experts. Heavy
 libraries (torch, transformers, vllm, sklearn, matplotlib) are imported inside the commands,
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from expert.thresholds import DEFAULT_MIN_PREDICTED, DEFAULT_STRENGTH
 
 app = typer.Typer(
     name="expert",
@@ -228,6 +230,7 @@ def _print_build(console: object, report: object) -> None:
         f"{report.seconds:.0f} s; triage threshold for {routing.target_precision:.0%} precision: "
         f"{threshold} (routes {routing.validation_coverage:.1%} of validation tickets)"
     )
+    console.print(_routing_summary(routing))
 
 
 @app.command("merge")
@@ -307,6 +310,10 @@ def evaluate_command(
     console.print(table)
     if (line := card_threshold_line(report)) is not None:
         console.print(line)
+    if report.thresholds is not None:
+        from expert.queue_report import summary_line
+
+        console.print(summary_line(report.thresholds))
     if report.engine:
         cpu = report.engine.get("cpu")
         console.print(
@@ -316,3 +323,72 @@ def evaluate_command(
     if report.data_matches_build is False:
         console.print("[yellow]the data file differs from the one the expert was built on[/]")
     console.print(f"report: {out / 'report.md'} (JSON, PNGs beside it)")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[Path, typer.Option("--model", help="Expert folder (its card is rewritten).")],
+    target: Annotated[
+        float | None,
+        typer.Option("--target-precision", help="Default: the card's target (else 0.95)."),
+    ] = None,
+    min_queue_tickets: Annotated[
+        int,
+        typer.Option(
+            "--min-queue-tickets",
+            help="A queue predicted for fewer validation tickets keeps the global threshold.",
+        ),
+    ] = DEFAULT_MIN_PREDICTED,
+    strength: Annotated[
+        float,
+        typer.Option("--strength", help="z of the lower bound on each queue's precision."),
+    ] = DEFAULT_STRENGTH,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The build's data, if it moved.")
+    ] = None,
+) -> None:
+    """Re-choose the global and per-queue thresholds on the card's validation rows (no
+    retraining): after changing the target precision, or for an expert built before
+    per-queue thresholds."""
+    from rich.console import Console
+
+    from expert.calibrate import CalibrationError, recalibrate_card
+    from expert.serving import ExpertLoadError
+
+    console = _wide_console()
+    assert isinstance(console, Console)
+    try:
+        card = recalibrate_card(
+            model,
+            target=target,
+            min_predicted=min_queue_tickets,
+            strength=strength,
+            data_path=data,
+        )
+    except ExpertLoadError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(4) from exc
+    except (CalibrationError, OSError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    assert card.routing is not None
+    console.print(_routing_summary(card.routing))
+
+
+def _routing_summary(routing: object) -> str:
+    from expert.card import RoutingCalibration
+
+    assert isinstance(routing, RoutingCalibration)
+    sources = [c.source for c in routing.queue_calibration.values()]
+    threshold = (
+        "none reached it"
+        if routing.confidence_threshold is None
+        else f"{routing.confidence_threshold:.3f}"
+    )
+    return (
+        f"target {routing.target_precision:.0%} on {routing.validation_examples} validation "
+        f"tickets: global threshold {threshold} routes {routing.validation_coverage:.1%}; "
+        f"per-queue thresholds route {routing.queue_validation_coverage or 0:.1%} at precision "
+        f"{routing.queue_validation_precision or 0:.3f} ({sources.count('queue')} queues own, "
+        f"{sources.count('global')} global fallback, {sources.count('unreachable')} unreachable)"
+    )

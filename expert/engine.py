@@ -362,6 +362,12 @@ class _ServedIdentity:
         return routing.confidence_threshold if routing is not None else None
 
     @property
+    def recommended_queue_thresholds(self) -> dict[str, float]:
+        """The card's per-queue thresholds (empty: one global threshold)."""
+        routing = self._require_loaded().card.routing
+        return dict(routing.queue_thresholds) if routing is not None else {}
+
+    @property
     def placement(self) -> EnginePlacement:
         """The dtype and threads the engine was started with, and the CPU it runs on."""
         return self._require_loaded().placement

@@ -34,6 +34,7 @@ from expert.metrics import (
     expected_calibration_error,
     precision_coverage,
 )
+from expert.queue_report import ThresholdComparison, compare_thresholds, markdown_lines
 from expert.serving import EngineConfig, Prediction, load_card
 
 log = structlog.get_logger(__name__)
@@ -96,6 +97,8 @@ class EvalReport(BaseModel):
     card_threshold: float | None = None
     card_threshold_precision: float | None = None
     card_threshold_coverage: float | None = None
+    # The card's global threshold vs its per-queue ones (None: the card has no per-queue).
+    thresholds: ThresholdComparison | None = None
 
 
 def score(
@@ -320,6 +323,12 @@ def evaluate(
         card_threshold=threshold,
         card_threshold_precision=at_threshold[0],
         card_threshold_coverage=at_threshold[1],
+        thresholds=compare_thresholds(
+            confidences=[p.confidence for p in predictions],
+            predicted=[p.label for p in predictions],
+            truth=truth,
+            routing=card.routing,
+        ),
     )
     write_report(report, Path(out_dir))
     log.info(
@@ -494,6 +503,7 @@ def render_markdown(report: EvalReport) -> str:
         *("| " + " | ".join(row) + " |" for row in summary_rows(report)),
         "",
         *([line, ""] if (line := card_threshold_line(report)) else []),
+        *(markdown_lines(report.thresholds) if report.thresholds else []),
         "## Per queue (precision / recall / support)",
         "",
         "| queue | expert P | expert R | SVM P | SVM R | support |",

@@ -39,7 +39,8 @@ from expert.build import (
     training_info,
     write_card,
 )
-from expert.card import CARD_FILENAME, ExpertCard, FusionInfo, RoutingCalibration, ValidationScores
+from expert.calibrate import routing_calibration
+from expert.card import CARD_FILENAME, ExpertCard, FusionInfo, ValidationScores
 from expert.dataset import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
@@ -64,6 +65,7 @@ from expert.lexical import LexicalModel, LexicalSettings, lexical_dir
 from expert.llm import LlmConfig, train_lora
 from expert.metrics import TARGET_PRECISION, expected_calibration_error, threshold_at_precision
 from expert.serving import EngineFailure, ExpertLoadError
+from expert.thresholds import DEFAULT_MIN_PREDICTED, DEFAULT_STRENGTH
 from expert.training import ProgressCallback
 
 log = structlog.get_logger(__name__)
@@ -108,6 +110,10 @@ class RecipeConfig(BaseModel):
         budget_minutes: overrides the preset's budget.
         candidates: overrides the preset's candidate list (advanced).
         target_precision: the triage threshold is chosen so validation precision reaches it.
+        queue_min_predicted: a queue the expert predicts for fewer validation tickets than
+            this keeps the global threshold; the others get their own (`expert.thresholds`).
+        queue_strength: z of the Wilson lower bound each queue's precision is judged by
+            (0: the raw validation precision, which over-fits).
         validation_fraction: share of the training part held back for validation.
         scratch, encoder, llm: per-candidate settings (advanced: a config file). The
             encoder's base defaults to the packaged all-MiniLM-L6-v2 and the LLM's to
@@ -123,6 +129,8 @@ class RecipeConfig(BaseModel):
     budget_minutes: float | None = Field(default=None, gt=0)
     candidates: tuple[str, ...] | None = None
     target_precision: float = Field(default=TARGET_PRECISION, gt=0, le=1)
+    queue_min_predicted: int = Field(default=DEFAULT_MIN_PREDICTED, ge=1)
+    queue_strength: float = Field(default=DEFAULT_STRENGTH, ge=0)
     validation_fraction: float = Field(default=DEFAULT_VALIDATION_FRACTION, gt=0, lt=0.5)
     seed: int = 0
     split_seed: int = DEFAULT_SPLIT_SEED
@@ -545,11 +553,15 @@ def _choose_and_write(
     chosen, outcome, weights, probs = best.name, best.outcome, best.weights, best.probabilities
     neural_alone = best.neural_alone
     report.chosen = chosen
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    threshold, coverage, precision = threshold_at_precision(
-        confidence.tolist(), correct.tolist(), target=config.target_precision
+    routing = routing_calibration(
+        probs,
+        y,
+        labels=report.labels,
+        target=config.target_precision,
+        min_predicted=config.queue_min_predicted,
+        strength=config.queue_strength,
     )
+    threshold = routing.confidence_threshold
     assert outcome.folder is not None and outcome.trained is not None
     fit, val, test = parts
     served_lexical = None
@@ -597,13 +609,7 @@ def _choose_and_write(
                 neural_alone=neural_alone,
                 lexical_alone=lexical_alone.lexical_weight,
             ),
-            "routing": RoutingCalibration(
-                target_precision=config.target_precision,
-                confidence_threshold=threshold,
-                validation_precision=precision,
-                validation_coverage=coverage,
-                validation_examples=len(val),
-            ),
+            "routing": routing,
         }
     )
     write_card(out_dir, card)

@@ -1,6 +1,6 @@
 """The feedback consumer: decisions and feedback in, the decision log and live-quality metrics out.
 
-Owns one loop that (1) reads every routed and triage partition into the decision log,
+Owns one loop that (1) reads every routed, triage and shadow partition into the decision log,
 (2) reads the feedback topic in its own consumer group, parses each record, dead-letters
 the unreadable ones, and joins the rest with their decisions (feedback that arrives before
 its decision is held in the log and joined when the decision is read, or given up on
@@ -40,7 +40,7 @@ from schemas.dead_letter import DeadLetter
 from schemas.feedback import Feedback
 from schemas.feedback_parse import FeedbackParseError, NotFeedback, parse_feedback
 from schemas.group_map import GroupMap
-from schemas.routing import Disposition
+from schemas.routing import Disposition, TriageReason
 from schemas.taxonomy import Taxonomy
 from worker.errors import FatalError, RecordTooLargeError, RetryableError
 from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
@@ -272,13 +272,11 @@ class FeedbackConsumer:
         for record in records:
             positions[record.tp] = record.offset + 1
             try:
-                logged.append(
-                    decode_decision(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        value=record.value or b"",
-                    )
+                decision = decode_decision(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    value=record.value or b"",
                 )
             except ValueError as exc:
                 # Not the router's output (someone else wrote to a routed topic): skip it.
@@ -290,6 +288,11 @@ class FeedbackConsumer:
                     offset=record.offset,
                     error=str(exc)[:300],
                 )
+                continue
+            # A shadowed ticket's triage record repeats the decision its shadow record
+            # carries (with what autoroute would have done): the log keeps the shadow one.
+            if decision.triage_reason is not TriageReason.SHADOW_MODE:
+                logged.append(decision)
         judgements = self.store.add_decisions(logged, positions, now=self.clock())
         self.metrics.decisions_logged.inc(len(logged))
         return judgements
@@ -350,12 +353,20 @@ class FeedbackConsumer:
         decision, feedback = judgement.decision, judgement.feedback
         delay_s = (feedback.occurred_at - decision.decided_at).total_seconds()
         self.metrics.feedback_delay.observe(max(0.0, delay_s))
+        verdict = "confirmed" if judgement.correct else "reassigned"
         if decision.disposition is Disposition.ROUTED:
-            verdict = "confirmed" if judgement.correct else "reassigned"
             self.metrics.verdicts.labels(
                 queue=decision.queue or "none", model=decision.model_id, verdict=verdict
             ).inc()
         else:
+            mode = _mode_judged(decision)
+            if mode is not None:
+                self.metrics.mode_verdicts.labels(
+                    mode=mode,
+                    queue=decision.queue or "none",
+                    model=decision.model_id,
+                    verdict=verdict,
+                ).inc()
             guess = (
                 "none" if judgement.correct is None else ("right" if judgement.correct else "wrong")
             )
@@ -488,3 +499,13 @@ class FeedbackConsumer:
         self._assigned.difference_update(tps)
         self.tracker.forget(tps)
         log.warning("partitions_lost", partitions=[f"{t}[{p}]" for t, p in tps])
+
+
+def _mode_judged(decision: LoggedDecision) -> str | None:
+    """The mode whose decision a triaged ticket's feedback judges: "shadow" for a shadow
+    decision autoroute would have routed, "recommend" for a suggestion; else None."""
+    if decision.disposition is Disposition.SHADOW and decision.triage_reason is None:
+        return "shadow"
+    if decision.triage_reason is TriageReason.RECOMMEND_MODE:
+        return "recommend"
+    return None

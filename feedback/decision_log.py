@@ -573,8 +573,8 @@ class DecisionLog:
         for disposition, count, right in rows:
             if disposition == Disposition.ROUTED.value:
                 routed, routed_correct = count, right
-            else:
-                triaged, guess_right = count, right
+            else:  # triage, and shadow decisions (their tickets were triaged too)
+                triaged, guess_right = triaged + count, guess_right + right
         return WindowStats(routed, routed_correct, triaged, guess_right)
 
     def labeled_tickets(self, *, since: datetime | None = None) -> Iterator[LabeledTicket]:

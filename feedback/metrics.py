@@ -65,6 +65,15 @@ class FeedbackMetrics:
             ["queue", "model", "verdict"],
             registry=registry,
         )
+        self.mode_verdicts = Counter(
+            "router_feedback_mode_verdicts_total",
+            "Decisions of queues not yet autorouted, judged by their first feedback as "
+            "router_feedback_verdicts_total judges routed ones: mode shadow (the shadow "
+            "decisions autoroute would have routed) or recommend (the suggestions on triage "
+            "records); confirmed when the human's final queue is the decided one.",
+            ["mode", "queue", "model", "verdict"],
+            registry=registry,
+        )
         self.triage_outcomes = Counter(
             "router_feedback_triage_outcomes_total",
             "Triaged tickets judged by their first feedback: the queue the humans chose, and "

@@ -11,6 +11,7 @@ from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from schemas.taxonomy import QueueMode
 from schemas.ticket import Ticket
 
 
@@ -19,6 +20,9 @@ class Disposition(StrEnum):
 
     ROUTED = "routed"
     TRIAGE = "triage"
+    # A shadow decision (shadow topic only): what the router would have done for a queue in
+    # shadow mode; the ticket itself went to triage.
+    SHADOW = "shadow"
 
 
 class TriageReason(StrEnum):
@@ -26,6 +30,10 @@ class TriageReason(StrEnum):
 
     LOW_CONFIDENCE = "low_confidence"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    # Confident, but its queue is in recommend mode: the decision is a suggestion.
+    RECOMMEND_MODE = "recommend_mode"
+    # Its queue is in shadow mode: the desk dispatches it; the decision is on the shadow topic.
+    SHADOW_MODE = "shadow_mode"
 
 
 class RoutingDecision(BaseModel):
@@ -67,8 +75,12 @@ class RoutedTicket(BaseModel):
     Attributes:
         ticket: the canonical ticket.
         decision: the expert's decision.
-        disposition: routed to its queue, or sent to triage.
-        triage_reason: why it went to triage (None when routed).
+        disposition: routed to its queue, or sent to triage; "shadow" on the shadow topic.
+        triage_reason: why it went to triage (None when routed). On a shadow record:
+            low_confidence when autoroute would have triaged it, None when it would have
+            routed it.
+        mode: the mode of the predicted queue that applied (None: records written before
+            modes, or a deadline's triage).
         topic: the topic it was published to.
         source_topic, source_partition, source_offset: the inbound record it came from.
         received_at: when the worker read it from Kafka.
@@ -83,6 +95,7 @@ class RoutedTicket(BaseModel):
     decision: RoutingDecision
     disposition: Disposition
     triage_reason: TriageReason | None = None
+    mode: QueueMode | None = None
     topic: str
     source_topic: str
     source_partition: int = Field(ge=0)
@@ -94,6 +107,10 @@ class RoutedTicket(BaseModel):
 
     @model_validator(mode="after")
     def _triage_has_reason(self) -> Self:
+        if self.disposition is Disposition.SHADOW:
+            if self.triage_reason not in (None, TriageReason.LOW_CONFIDENCE):
+                raise ValueError("triage_reason: a shadow record's is low_confidence or none")
+            return self
         if (self.disposition is Disposition.TRIAGE) != (self.triage_reason is not None):
             raise ValueError("triage_reason: required exactly when disposition is 'triage'")
         return self

@@ -32,6 +32,20 @@ class Tier(StrEnum):
     L3 = "L3"
 
 
+class QueueMode(StrEnum):
+    """What the router does with a ticket it predicts for a queue (README: "Rolling out").
+
+    AUTOROUTE publishes a confident ticket to the queue's topic. RECOMMEND sends it to the
+    triage topic with the decision as a suggestion. SHADOW routes nothing: the ticket goes to
+    the triage topic (the desk's own dispatch) and the decision to the shadow topic, where
+    the feedback consumer measures it.
+    """
+
+    AUTOROUTE = "autoroute"
+    RECOMMEND = "recommend"
+    SHADOW = "shadow"
+
+
 class Queue(BaseModel):
     """One resolver queue.
 
@@ -40,6 +54,7 @@ class Queue(BaseModel):
         tier: support tier.
         description: what belongs in the queue, for humans and for corpus generation.
         topic: the Kafka topic routed tickets of this queue are published to.
+        mode: what the router does with tickets predicted for it (default autoroute).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,12 +63,14 @@ class Queue(BaseModel):
     tier: Tier
     description: str = Field(min_length=1)
     topic: str = Field(pattern=_TOPIC_NAME)
+    mode: QueueMode = QueueMode.AUTOROUTE
 
 
 class ControlTopics(BaseModel):
-    """Topics that are not a queue: inbound tickets, human triage and dead letters, and the
+    """Topics that are not a queue: inbound tickets, human triage and dead letters, the
     service desk's feedback (with its own dead-letter topic, so that the inbound tickets'
-    dead-letter topic accounts for inbound records only)."""
+    dead-letter topic accounts for inbound records only), and the shadow decisions of
+    queues in shadow mode (read by the feedback consumer, never by a desk)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -62,6 +79,7 @@ class ControlTopics(BaseModel):
     dead_letter: str = Field(default="tickets.dead-letter", pattern=_TOPIC_NAME)
     feedback: str = Field(default="tickets.feedback", pattern=_TOPIC_NAME)
     feedback_dead_letter: str = Field(default="tickets.feedback.dead-letter", pattern=_TOPIC_NAME)
+    shadow: str = Field(default="tickets.shadow", pattern=_TOPIC_NAME)
 
 
 class Taxonomy(BaseModel):
@@ -91,6 +109,7 @@ class Taxonomy(BaseModel):
             self.topics.dead_letter,
             self.topics.feedback,
             self.topics.feedback_dead_letter,
+            self.topics.shadow,
         ]
         dupes = sorted({t for t in topics if topics.count(t) > 1})
         if dupes:
@@ -118,12 +137,16 @@ class Taxonomy(BaseModel):
         return self.queue(name).topic
 
     def decision_topics(self) -> list[str]:
-        """The topics the router publishes its decisions to: each queue's, then triage."""
-        return [*(q.topic for q in self.queues), self.topics.triage]
+        """The topics the router publishes its decisions to: each queue's, triage, shadow."""
+        return [*(q.topic for q in self.queues), self.topics.triage, self.topics.shadow]
+
+    def modes(self) -> dict[str, QueueMode]:
+        """Each queue's mode as the taxonomy sets it."""
+        return {q.name: q.mode for q in self.queues}
 
     def all_topics(self) -> list[str]:
-        """Every topic of the layout: inbound, each queue's, triage, dead-letter, feedback
-        and the feedback's dead-letter topic."""
+        """Every topic of the layout: inbound, each queue's, triage, dead-letter, feedback,
+        the feedback's dead-letter topic and the shadow topic."""
         return [
             self.topics.inbound,
             *(q.topic for q in self.queues),
@@ -131,6 +154,7 @@ class Taxonomy(BaseModel):
             self.topics.dead_letter,
             self.topics.feedback,
             self.topics.feedback_dead_letter,
+            self.topics.shadow,
         ]
 
     def with_topic_suffix(self, suffix: str) -> Taxonomy:

@@ -21,9 +21,11 @@ class FakeEngine:
         *,
         delay_s: float = 0.0,
         fail: bool = False,
+        queue_thresholds: dict[str, float] | None = None,
     ) -> None:
         self.labels = list(labels)
         self.decide = decide
+        self.queue_thresholds = dict(queue_thresholds or {})
         self.delay_s = delay_s
         self.fail = fail
         self.calls = 0
@@ -39,6 +41,10 @@ class FakeEngine:
     @property
     def recommended_threshold(self) -> float | None:
         return None
+
+    @property
+    def recommended_queue_thresholds(self) -> dict[str, float]:
+        return self.queue_thresholds
 
     async def classify(self, text: str, *, request_id: str) -> Prediction:
         self.calls += 1

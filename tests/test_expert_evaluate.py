@@ -69,6 +69,15 @@ def test_eval_of_a_fused_expert_scores_each_part_alone_and_the_cards_threshold(
     markdown = (tmp_path / "report.md").read_text()
     assert "| lexical alone |" in markdown and "Lexical alone: calibrated" in markdown
     assert "At the card's triage threshold" in markdown
+    # The card's per-queue thresholds beside the global one, on the same test answers.
+    comparison = report.thresholds
+    assert comparison is not None and comparison.global_threshold == report.card_threshold
+    assert comparison.global_.coverage == pytest.approx(report.card_threshold_coverage)
+    assert sum(q.predicted for q in comparison.queues.values()) == report.test_examples
+    assert comparison.per_queue.routed == sum(
+        q.per_queue.routed for q in comparison.queues.values()
+    )
+    assert "Global vs per-queue thresholds" in markdown
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy() -> None:

@@ -562,8 +562,12 @@ def test_group_names_match_ignoring_case_and_spaces() -> None:
 
 def test_taxonomy_declares_the_feedback_topics() -> None:
     assert TAX.topics.feedback == "tickets.feedback"
-    assert TAX.all_topics()[-2:] == ["tickets.feedback", "tickets.feedback.dead-letter"]
-    assert TAX.decision_topics() == [*(q.topic for q in TAX.queues), "tickets.triage"]
+    assert TAX.all_topics()[-3:-1] == ["tickets.feedback", "tickets.feedback.dead-letter"]
+    assert TAX.decision_topics() == [
+        *(q.topic for q in TAX.queues),
+        "tickets.triage",
+        "tickets.shadow",
+    ]
     assert TAX.with_topic_suffix(".x").topics.feedback == "tickets.feedback.x"
 
 

@@ -54,6 +54,10 @@ class TwoVersionEngine:
     def recommended_threshold(self) -> float | None:
         return self.serving[1]
 
+    @property
+    def recommended_queue_thresholds(self) -> dict[str, float]:
+        return {}
+
     def switch(self) -> None:
         self.serving = ("new@v2", 0.5)
 
@@ -196,6 +200,7 @@ class FakeExpert:
         self.model_id = self.card.model_id
         self.adapter_id: str | None = None
         self.recommended_threshold: float | None = None
+        self.recommended_queue_thresholds: dict[str, float] = {}
 
 
 class FakeEngineThread:

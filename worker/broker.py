@@ -39,8 +39,8 @@ class TopicLayout:
 
     @classmethod
     def from_taxonomy(cls, taxonomy: Taxonomy, *, partitions: int) -> TopicLayout:
-        """Inbound, one routed topic per queue, triage, dead-letter, feedback and the
-        feedback's dead-letter topic."""
+        """Inbound, one routed topic per queue, triage, dead-letter, feedback, the
+        feedback's dead-letter topic and the shadow topic (`Taxonomy.all_topics`)."""
         room = {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}
         return cls(
             topics=tuple(taxonomy.all_topics()),

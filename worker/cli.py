@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from schemas.taxonomy import Taxonomy, TaxonomyError
+from worker.policy import modes_in_force
 
 console = Console(stderr=True)
 out = Console()
@@ -137,7 +138,7 @@ def worker(
     }
     try:
         settings = load_settings(config_file=config, **overrides)
-        Taxonomy.load(settings.taxonomy_path)
+        modes_in_force(Taxonomy.load(settings.taxonomy_path), settings.routing.modes)
     except (ValidationError, TaxonomyError, ValueError) as exc:
         console.print(f"[red]invalid configuration:[/] {exc}")
         raise typer.Exit(2) from exc

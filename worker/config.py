@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from expert.serving import EngineConfig
+from schemas.taxonomy import QueueMode
 
 # librdkafka settings the pipeline's correctness depends on; a user value is overridden.
 ENFORCED_CONSUMER = {
@@ -108,15 +109,20 @@ class RoutingSettings(BaseModel):
 
     Attributes:
         confidence_threshold: below it a ticket goes to human triage. None (default): the
-            threshold the expert's card recorded for its target precision on validation
-            data, or 0.5 when the card has none.
+            thresholds the expert's card recorded for its target precision on validation
+            data (one per queue when the card has them, else its global one), or 0.5 when
+            the card has none. A value here is ONE threshold for every queue: it overrides
+            the card's per-queue thresholds too.
         deadline_s: a ticket the engine has not answered within this time goes to triage.
+        modes: queue -> "autoroute", "recommend" or "shadow", overriding the taxonomy's
+            `mode:` for those queues (`ROUTER_ROUTING__MODES='{"network_vpn": "shadow"}'`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     confidence_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     deadline_s: float = Field(default=30.0, gt=0)
+    modes: dict[str, QueueMode] = Field(default_factory=dict)
 
 
 class EngineSettings(EngineConfig, frozen=True):

@@ -39,6 +39,20 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.queue_decisions = Counter(
+            "router_queue_decisions_total",
+            "Answered tickets by predicted queue, that queue's mode and the outcome: routed, "
+            "low_confidence, recommend_mode (to triage with the suggestion) or shadow_mode "
+            "(to triage, the decision to the shadow topic).",
+            ["queue", "mode", "outcome"],
+            registry=registry,
+        )
+        self.queue_mode = Gauge(
+            "router_queue_mode_info",
+            "1 for each queue's mode in force (autoroute, recommend, shadow).",
+            ["queue", "mode"],
+            registry=registry,
+        )
         self.tickets_dead_lettered = Counter(
             "router_tickets_dead_lettered_total",
             "Unreadable records published to the dead-letter topic, by reason.",

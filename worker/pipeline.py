@@ -13,8 +13,8 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -23,13 +23,14 @@ from expert.serving import EngineFailure, Prediction
 from schemas.dead_letter import DeadLetter
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
-from schemas.taxonomy import Taxonomy
+from schemas.taxonomy import QueueMode, Taxonomy
 from schemas.ticket import SourceSystem, Ticket
-from worker.decide import destination, effective_threshold
+from worker.decide import effective_threshold
 from worker.errors import FatalError, RecordTooLargeError, RetryableError, TransactionAbortable
 from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
+from worker.policy import Plan, Thresholds, modes_in_force, plan, thresholds_in_force
 from worker.retrying import commit_retrying, publish_retrying
 from worker.seams import Engine, Publisher, Source, VersionedPrediction
 
@@ -60,6 +61,8 @@ class PipelineConfig:
     # else DEFAULT_CONFIDENCE_THRESHOLD. A value here (ROUTER_ROUTING__CONFIDENCE_THRESHOLD)
     # overrides the card.
     confidence_threshold: float | None = None
+    # Per-queue modes over the taxonomy's (ROUTER_ROUTING__MODES).
+    mode_overrides: Mapping[str, QueueMode] = field(default_factory=dict)
     deadline_s: float = 30.0
     commit_interval_s: float = 1.0
     shutdown_grace_s: float = 25.0
@@ -105,6 +108,9 @@ class Pipeline:
         self.publisher = publisher
         self.metrics = metrics
         self.tracker = OffsetTracker()
+        self.modes = modes_in_force(taxonomy, config.mode_overrides)
+        for queue, mode in self.modes.items():
+            metrics.queue_mode.labels(queue=queue, mode=mode.value).set(1)
         self._assigned: set[TP] = set()
         self._tasks: dict[asyncio.Task[None], TP] = {}
         self._stopping = asyncio.Event()
@@ -127,6 +133,15 @@ class Pipeline:
         """Below it a ticket goes to triage (configured, else the expert card's, else 0.5)."""
         return effective_threshold(
             self.config.confidence_threshold, self.engine.recommended_threshold
+        )
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """Each queue's triage threshold (configured: one for all; else the card's)."""
+        return thresholds_in_force(
+            self.config.confidence_threshold,
+            self.engine.recommended_threshold,
+            self.engine.recommended_queue_thresholds,
         )
 
     @property
@@ -265,6 +280,7 @@ class Pipeline:
         prediction = await self._infer(ticket)
         decided_at = _now()
         reason: TriageReason | None
+        chosen: Plan | None = None
         if prediction is None:
             decision = RoutingDecision(
                 queue=None,
@@ -279,11 +295,13 @@ class Pipeline:
                 TriageReason.DEADLINE_EXCEEDED,
             )
         else:
-            threshold = self.confidence_threshold
+            thresholds = self.thresholds
             if isinstance(prediction, VersionedPrediction):
                 model_id, adapter_id = prediction.model_id, prediction.adapter_id
-                threshold = effective_threshold(
-                    self.config.confidence_threshold, prediction.recommended_threshold
+                thresholds = thresholds_in_force(
+                    self.config.confidence_threshold,
+                    prediction.recommended_threshold,
+                    prediction.recommended_queue_thresholds,
                 )
             decision = RoutingDecision(
                 queue=prediction.label,
@@ -295,12 +313,14 @@ class Pipeline:
             )
             self.metrics.inference_duration.observe(prediction.latency_s)
             self.metrics.confidence.observe(prediction.confidence)
-            topic, disposition, reason = destination(self.taxonomy, prediction, threshold)
+            chosen = plan(self.taxonomy, prediction, thresholds=thresholds, modes=self.modes)
+            topic, disposition, reason = chosen.topic, chosen.disposition, chosen.reason
         routed = RoutedTicket(
             ticket=ticket,
             decision=decision,
             disposition=disposition,
             triage_reason=reason,
+            mode=chosen.mode if chosen else None,
             topic=topic,
             source_topic=record.topic,
             source_partition=record.partition,
@@ -325,6 +345,8 @@ class Pipeline:
             value=routed.model_dump_json().encode(),
             headers=headers,
         )
+        if chosen is not None:
+            await self._publish_shadow(routed, chosen, headers)
         self._observe_latency(record, disposition.value)
         if disposition is Disposition.ROUTED:
             self.metrics.tickets_routed.labels(queue=decision.queue).inc()
@@ -337,6 +359,35 @@ class Pipeline:
             confidence=round(decision.confidence, 4),
             disposition=disposition.value,
             latency_s=round(decision.engine_latency_s, 4),
+        )
+
+    async def _publish_shadow(
+        self, routed: RoutedTicket, chosen: Plan, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Count the decision by queue and mode; for a queue in shadow mode, publish what
+        autoroute would have done to the shadow topic (after the desk's triage record)."""
+        queue = routed.decision.queue or "none"
+        outcome = chosen.reason.value if chosen.reason else "routed"
+        self.metrics.queue_decisions.labels(
+            queue=queue, mode=chosen.mode.value, outcome=outcome
+        ).inc()
+        if not chosen.shadow:
+            return
+        topic = self.taxonomy.topics.shadow
+        shadow = routed.model_copy(
+            update={
+                "topic": topic,
+                "disposition": Disposition.SHADOW,
+                "triage_reason": chosen.shadow_reason,
+            }
+        )
+        headers = [(k, v) for k, v in headers if k not in (H_DISPOSITION, H_TRIAGE_REASON)]
+        headers.append((H_DISPOSITION, Disposition.SHADOW.value.encode()))
+        await self._publish(
+            topic=topic,
+            key=routed.ticket.id.encode(),
+            value=shadow.model_dump_json().encode(),
+            headers=headers,
         )
 
     async def _infer(self, ticket: Ticket) -> Prediction | None:

@@ -22,8 +22,8 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -36,10 +36,11 @@ from expert.engine import BatchExpert
 from expert.registry import Registry, RegistryError, versioned_model_id
 from expert.serving import EngineConfig, Prediction, load_card
 from schemas.parse import TicketParseError, parse_ticket
-from schemas.routing import Disposition, RoutingDecision, TriageReason
-from schemas.taxonomy import Taxonomy
+from schemas.routing import RoutingDecision, TriageReason
+from schemas.taxonomy import QueueMode, Taxonomy
 from schemas.ticket import SourceSystem, Ticket
-from worker.decide import DEFAULT_CONFIDENCE_THRESHOLD, destination, effective_threshold
+from worker.decide import DEFAULT_CONFIDENCE_THRESHOLD, effective_threshold
+from worker.policy import Thresholds, modes_in_force, plan
 
 DEAD_LETTER = "dead_letter"
 TEXT_TICKET_ID = "cli-ticket"
@@ -65,6 +66,7 @@ class ExpertVersion:
     model_id: str
     adapter_id: str | None
     recommended_threshold: float | None
+    recommended_queue_thresholds: Mapping[str, float] = field(default_factory=dict)
 
 
 def expert_version(config: EngineConfig, card: ExpertCard) -> ExpertVersion:
@@ -79,29 +81,51 @@ def expert_version(config: EngineConfig, card: ExpertCard) -> ExpertVersion:
         card: the served card (the adapter's card when an adapter is served).
     """
     routing = card.routing.confidence_threshold if card.routing is not None else None
+    per_queue = dict(card.routing.queue_thresholds) if card.routing is not None else {}
     if card.adapter is None:
-        return ExpertVersion(card.model_id, None, routing)
+        return ExpertVersion(card.model_id, None, routing, per_queue)
     base_dir = Path(config.model_dir) if config.adapter_dir is not None else None
     if base_dir is not None and (base_dir / CARD_FILENAME).is_file():
-        return ExpertVersion(load_card(base_dir).model_id, card.model_id, routing)
-    return ExpertVersion(str(card.base_model), card.model_id, routing)
+        return ExpertVersion(load_card(base_dir).model_id, card.model_id, routing, per_queue)
+    return ExpertVersion(str(card.base_model), card.model_id, routing, per_queue)
 
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """The triage threshold in force and where it comes from."""
+    """The triage threshold in force and where it comes from.
+
+    Attributes:
+        value: the global threshold (queues without their own).
+        source: "configured", "expert card" or "default".
+        per_queue: the card's per-queue thresholds (empty when configured: one for all).
+    """
 
     value: float
-    source: str  # "configured", "expert card" or "default"
+    source: str
+    per_queue: Mapping[str, float] = field(default_factory=dict)
+
+    def for_queue(self, queue: str | None) -> float:
+        """The threshold of tickets predicted for `queue`."""
+        return self.per_queue.get(queue or "", self.value)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """As `worker.policy` takes it."""
+        return Thresholds(default=self.value, per_queue=self.per_queue, source=self.source)
 
 
-def threshold_in_force(configured: float | None, recommended: float | None) -> Threshold:
-    """`effective_threshold`, with the source of its value."""
+def threshold_in_force(
+    configured: float | None,
+    recommended: float | None,
+    per_queue: Mapping[str, float] | None = None,
+) -> Threshold:
+    """`effective_threshold`, with the source of its value (and the card's per-queue
+    thresholds unless one is configured)."""
     value = effective_threshold(configured, recommended)
     if configured is not None:
         return Threshold(value, "configured")
-    if recommended is not None:
-        return Threshold(value, "expert card")
+    if recommended is not None or per_queue:
+        return Threshold(value, "expert card", dict(per_queue or {}))
     return Threshold(DEFAULT_CONFIDENCE_THRESHOLD, "default")
 
 
@@ -168,6 +192,8 @@ class Outcome:
         decision: the expert's decision (None for a dead letter).
         triage_reason: why it would go to triage.
         threshold: the triage threshold in force.
+        mode: the predicted queue's mode (None for a dead letter).
+        shadow_topic: where its shadow decision would go (queues in shadow mode).
     """
 
     item: Item
@@ -176,6 +202,8 @@ class Outcome:
     decision: RoutingDecision | None
     triage_reason: TriageReason | None
     threshold: Threshold
+    mode: QueueMode | None = None
+    shadow_topic: str | None = None
 
     def top(self, n: int = 3) -> list[tuple[str, float]]:
         """The `n` most probable queues with their probabilities, most probable first."""
@@ -201,8 +229,11 @@ class Outcome:
             confidence=decision.confidence,
             top3=[{"queue": q, "probability": p} for q, p in self.top(3)],
             triage_reason=self.triage_reason.value if self.triage_reason else None,
-            threshold=self.threshold.value,
-            threshold_source=self.threshold.source,
+            threshold=self.threshold.for_queue(decision.queue),
+            threshold_source=self.threshold.source
+            + (" (queue)" if decision.queue in self.threshold.per_queue else ""),
+            mode=self.mode.value if self.mode else None,
+            shadow_topic=self.shadow_topic,
             model_id=decision.model_id,
             adapter_id=decision.adapter_id,
             engine_latency_s=decision.engine_latency_s,
@@ -223,11 +254,16 @@ class Outcome:
         subject = item.ticket.subject
         if len(subject) > _SUBJECT_SHOWN_CHARS:
             subject = subject[: _SUBJECT_SHOWN_CHARS - 1] + "…"
-        t, c = self.threshold, decision.confidence
-        if self.disposition == Disposition.ROUTED:
-            why = f"confidence {c:.3f} >= threshold {t.value:.3f}, {t.source}"
-        else:
-            why = f"{self.triage_reason}: confidence {c:.3f} < threshold {t.value:.3f}, {t.source}"
+        c, t = decision.confidence, self.threshold.for_queue(decision.queue)
+        source = self.threshold.source + (
+            " for the queue" if decision.queue in self.threshold.per_queue else ""
+        )
+        sign = "<" if c < t else ">="
+        why = f"confidence {c:.3f} {sign} threshold {t:.3f}, {source}; mode {self.mode}"
+        if self.triage_reason is not None:
+            why = f"{self.triage_reason}: {why}"
+        if self.shadow_topic:
+            why += f"; shadow decision -> {self.shadow_topic}"
         top = ", ".join(f"{q} {p:.3f}" for q, p in self.top(3))
         return "\n".join(
             [
@@ -252,6 +288,7 @@ def route_items(
     version: ExpertVersion,
     taxonomy: Taxonomy,
     threshold: Threshold,
+    modes: Mapping[str, QueueMode] | None = None,
 ) -> list[Outcome]:
     """Decide every item as the worker would, in one offline batch for the tickets.
 
@@ -266,7 +303,7 @@ def route_items(
             outcomes.append(dead_letter_outcome(item, taxonomy=taxonomy, threshold=threshold))
             continue
         prediction = next(predictions)
-        topic, disposition, reason = destination(taxonomy, prediction, threshold.value)
+        chosen = plan(taxonomy, prediction, thresholds=threshold.thresholds, modes=modes or {})
         decision = RoutingDecision(
             queue=prediction.label,
             confidence=prediction.confidence,
@@ -275,7 +312,18 @@ def route_items(
             adapter_id=version.adapter_id,
             engine_latency_s=prediction.latency_s,
         )
-        outcomes.append(Outcome(item, disposition.value, topic, decision, reason, threshold))
+        outcomes.append(
+            Outcome(
+                item,
+                chosen.disposition.value,
+                chosen.topic,
+                decision,
+                chosen.reason,
+                threshold,
+                mode=chosen.mode,
+                shadow_topic=taxonomy.topics.shadow if chosen.shadow else None,
+            )
+        )
     return outcomes
 
 
@@ -345,6 +393,7 @@ class _Router:
         self.engine: BatchExpert | None = None
         self.version: ExpertVersion | None = None
         self.threshold = threshold_in_force(settings.routing.confidence_threshold, None)
+        self.modes = modes_in_force(taxonomy, settings.routing.modes)
         self.start_s = 0.0
 
     def ensure_started(self) -> tuple[BatchExpert, ExpertVersion]:
@@ -373,9 +422,12 @@ class _Router:
                 versioned_model_id(self.version.model_id, registry_version),
                 self.version.adapter_id,
                 self.version.recommended_threshold,
+                self.version.recommended_queue_thresholds,
             )
         self.threshold = threshold_in_force(
-            self.settings.routing.confidence_threshold, self.version.recommended_threshold
+            self.settings.routing.confidence_threshold,
+            self.version.recommended_threshold,
+            self.version.recommended_queue_thresholds,
         )
         placement = engine.placement
         typer.echo(
@@ -383,7 +435,12 @@ class _Router:
             f"from {config.model_dir}: started in {self.start_s:.1f} s on "
             f"{placement.cpu.get('kind')} ({placement.dtype}, "
             f"{placement.threads} model thread(s)); "
-            f"triage below {self.threshold.value:.3f} ({self.threshold.source})",
+            f"triage below {self.threshold.value:.3f} ({self.threshold.source}"
+            + (
+                f"; {len(self.threshold.per_queue)} queues with their own threshold)"
+                if self.threshold.per_queue
+                else ")"
+            ),
             err=True,
         )
         return engine, self.version
@@ -396,7 +453,12 @@ class _Router:
             ]
         engine, version = self.ensure_started()
         return route_items(
-            batch, engine=engine, version=version, taxonomy=self.taxonomy, threshold=self.threshold
+            batch,
+            engine=engine,
+            version=version,
+            taxonomy=self.taxonomy,
+            threshold=self.threshold,
+            modes=self.modes,
         )
 
     def close(self) -> None:
@@ -427,6 +489,7 @@ def _settings(
 
     from schemas.taxonomy import TaxonomyError
     from worker.config import load_settings
+    from worker.policy import PolicyError
 
     overrides: dict[str, object] = {
         # --model wins over a configured registry, as it does over the model folder.
@@ -436,8 +499,10 @@ def _settings(
     }
     try:
         settings = load_settings(config_file=config, **overrides)
-        return settings, Taxonomy.load(settings.taxonomy_path)
-    except (ValidationError, TaxonomyError, ValueError) as exc:
+        tax = Taxonomy.load(settings.taxonomy_path)
+        modes_in_force(tax, settings.routing.modes)
+        return settings, tax
+    except (ValidationError, TaxonomyError, PolicyError, ValueError) as exc:
         raise _fail(f"invalid configuration: {exc}", 2) from exc
 
 

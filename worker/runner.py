@@ -76,6 +76,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     return PipelineConfig(
         max_in_flight=settings.max_in_flight,
         confidence_threshold=settings.routing.confidence_threshold,
+        mode_overrides=settings.routing.modes,
         deadline_s=settings.routing.deadline_s,
         commit_interval_s=settings.kafka.commit_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,

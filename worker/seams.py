@@ -29,6 +29,11 @@ class Engine(Protocol):
         """The confidence threshold the expert's card recommends (None: none recorded)."""
         ...
 
+    @property
+    def recommended_queue_thresholds(self) -> Mapping[str, float]:
+        """The card's per-queue thresholds (empty: the recommended one for every queue)."""
+        ...
+
     async def classify(self, text: str, *, request_id: str) -> Prediction: ...
 
     def load(self) -> tuple[int, int]: ...
@@ -46,6 +51,7 @@ class VersionedPrediction(Prediction):
     model_id: str = ""
     adapter_id: str | None = None
     recommended_threshold: float | None = None
+    recommended_queue_thresholds: Mapping[str, float] | None = None
 
 
 class Source(Protocol):

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -81,6 +81,7 @@ class ServedVersion:
     model_id: str
     adapter_id: str | None
     recommended_threshold: float | None
+    recommended_queue_thresholds: Mapping[str, float] = field(default_factory=dict)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -205,6 +206,10 @@ class SwappableExpert:
     def recommended_threshold(self) -> float | None:
         return self._require_active().recommended_threshold
 
+    @property
+    def recommended_queue_thresholds(self) -> Mapping[str, float]:
+        return self._require_active().recommended_queue_thresholds
+
     async def classify(self, text: str, *, request_id: str) -> VersionedPrediction:
         """Classify on the version serving now; the answer names that version.
 
@@ -226,6 +231,7 @@ class SwappableExpert:
             model_id=served.model_id,
             adapter_id=served.adapter_id,
             recommended_threshold=served.recommended_threshold,
+            recommended_queue_thresholds=served.recommended_queue_thresholds,
         )
 
     def load(self) -> tuple[int, int]:
@@ -401,6 +407,7 @@ class SwappableExpert:
             model_id=model_id,
             adapter_id=expert.adapter_id,
             recommended_threshold=expert.recommended_threshold,
+            recommended_queue_thresholds=expert.recommended_queue_thresholds,
         )
         self._loaded.append(served)
         self.metrics.expert_engines.set(len(self._loaded))
