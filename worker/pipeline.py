@@ -32,6 +32,7 @@ from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.retrying import commit_retrying, publish_retrying
 from worker.seams import Engine, Publisher, Source, VersionedPrediction
+from worker.suggest import with_help
 
 log = structlog.get_logger(__name__)
 
@@ -296,6 +297,7 @@ class Pipeline:
             self.metrics.inference_duration.observe(prediction.latency_s)
             self.metrics.confidence.observe(prediction.confidence)
             topic, disposition, reason = destination(self.taxonomy, prediction, threshold)
+            decision = with_help(decision, prediction, disposition=disposition)
         routed = RoutedTicket(
             ticket=ticket,
             decision=decision,

@@ -40,6 +40,7 @@ from schemas.routing import Disposition, RoutingDecision, TriageReason
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import SourceSystem, Ticket
 from worker.decide import DEFAULT_CONFIDENCE_THRESHOLD, destination, effective_threshold
+from worker.suggest import with_help
 
 DEAD_LETTER = "dead_letter"
 TEXT_TICKET_ID = "cli-ticket"
@@ -207,6 +208,7 @@ class Outcome:
             adapter_id=decision.adapter_id,
             engine_latency_s=decision.engine_latency_s,
             probabilities=decision.probabilities,
+            similar_tickets=[t.model_dump(mode="json") for t in decision.similar_tickets],
         )
         return out
 
@@ -236,8 +238,22 @@ class Outcome:
                 f"  top 3       {top}",
                 f"  decision    {self.disposition} -> {self.topic}  ({why})",
                 f"  expert      {decision.model_id}, adapter {decision.adapter_id or 'none'}",
+                *_similar_lines(decision),
             ]
         )
+
+
+def _similar_lines(decision: RoutingDecision) -> list[str]:
+    """One line per similar past ticket: similarity, final queue, id and the text's start."""
+    lines = []
+    for n, t in enumerate(decision.similar_tickets):
+        head = "  similar    " if n == 0 else "             "
+        text = t.snippet if len(t.snippet) <= 60 else t.snippet[:59] + "…"
+        lines.append(
+            f"{head} {t.similarity:.2f} {t.queue}  {t.ticket_id}  "
+            f"{json.dumps(text, ensure_ascii=False)}"
+        )
+    return lines
 
 
 def dead_letter_outcome(item: Item, *, taxonomy: Taxonomy, threshold: Threshold) -> Outcome:
@@ -275,6 +291,7 @@ def route_items(
             adapter_id=version.adapter_id,
             engine_latency_s=prediction.latency_s,
         )
+        decision = with_help(decision, prediction, disposition=disposition)
         outcomes.append(Outcome(item, disposition.value, topic, decision, reason, threshold))
     return outcomes
 
