@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from bench.feedback_bench import bench_feedback
+from bench.similar_bench import bench_similar
 from bench.steps import collect_step, mttr_step, print_collect, print_mttr, report_step
 from bench.worker_bench import bench_worker
 from loadgen.cli import Bootstrap, Dir, Seed, TaxonomyOpt, Volume
@@ -24,6 +25,7 @@ from loadgen.steps import console, load_taxonomy
 app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.command("worker")(bench_worker)
 app.command("feedback")(bench_feedback)
+app.command("similar")(bench_similar)
 
 
 def collect_command(

@@ -96,6 +96,11 @@ class EvalReport(BaseModel):
     card_threshold: float | None = None
     card_threshold_precision: float | None = None
     card_threshold_coverage: float | None = None
+    # Help for the human on the test rows: the truth among the top-3 queues, and among the
+    # queues of the similar tickets the index found (None: the expert has no index).
+    top3_accuracy: float | None = None
+    similar_hit_rate: float | None = None
+    similar_k: int | None = None
 
 
 def score(
@@ -320,6 +325,7 @@ def evaluate(
         card_threshold=threshold,
         card_threshold_precision=at_threshold[0],
         card_threshold_coverage=at_threshold[1],
+        **help_scores(predictions, truth),
     )
     write_report(report, Path(out_dir))
     log.info(
@@ -330,6 +336,20 @@ def evaluate(
         out_dir=str(out_dir),
     )
     return report
+
+
+def help_scores(predictions: Sequence[Prediction], truth: Sequence[str]) -> dict[str, Any]:
+    """Top-3 accuracy, and the share of tickets whose queue is among their similar tickets'
+    queues (None when no prediction carries similar tickets)."""
+    n = max(1, len(truth))
+    top3 = sum(t in {s.queue for s in p.top(3)} for p, t in zip(predictions, truth, strict=True))
+    with_similar = any(p.similar for p in predictions)
+    hits = sum(t in {s.queue for s in p.similar} for p, t in zip(predictions, truth, strict=True))
+    return {
+        "top3_accuracy": round(top3 / n, 4),
+        "similar_hit_rate": round(hits / n, 4) if with_similar else None,
+        "similar_k": max((len(p.similar) for p in predictions), default=0) or None,
+    }
 
 
 def _at_threshold(
@@ -494,6 +514,7 @@ def render_markdown(report: EvalReport) -> str:
         *("| " + " | ".join(row) + " |" for row in summary_rows(report)),
         "",
         *([line, ""] if (line := card_threshold_line(report)) else []),
+        *([line, ""] if (line := _help_line(report)) else []),
         "## Per queue (precision / recall / support)",
         "",
         "| queue | expert P | expert R | SVM P | SVM R | support |",
@@ -519,6 +540,18 @@ def render_markdown(report: EvalReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _help_line(report: EvalReport) -> str | None:
+    if report.top3_accuracy is None:
+        return None
+    line = f"Top-3 accuracy {report.top3_accuracy:.1%}"
+    if report.similar_hit_rate is not None:
+        line += (
+            f"; the right queue is among the {report.similar_k} similar tickets' queues for "
+            f"{report.similar_hit_rate:.1%} of test tickets"
+        )
+    return line + "."
 
 
 def _engine_lines(report: EvalReport) -> list[str]:

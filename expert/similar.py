@@ -8,9 +8,10 @@ most like these" and the similarity-weighted queue vote of those neighbours. Pur
 scipy.sparse; the vectors come from the caller (the expert's lexical TF-IDF vectors,
 `expert.lexical.LexicalModel.vectors`), so the index never fits or imports a model.
 
-Similarity is the cosine of the two tickets' vectors. Each indexed vector keeps only its
-`max_terms` heaviest terms (then renormalised): the lightest terms are the n-grams every
-ticket shares, which cost most of the query time and memory and decide almost nothing.
+Similarity is the cosine of the two tickets' vectors. Each vector, indexed or asked about,
+keeps only its `max_terms` heaviest terms (then renormalised, so a ticket asked about again
+has similarity 1): the lightest terms are the n-grams every ticket shares, which cost most
+of the query time and memory and decide little.
 """
 
 from __future__ import annotations
@@ -95,16 +96,6 @@ def _prune_rows(matrix: Any, max_terms: int | None) -> Any:
     )
 
 
-def _normalised(vectors: Any) -> Any:
-    """Query vectors scaled to unit length (float32 CSR)."""
-    from scipy.sparse import csr_matrix, diags
-
-    vectors = csr_matrix(vectors, dtype=np.float32)
-    norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
-    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return csr_matrix(diags(scale.astype(np.float32)) @ vectors)
-
-
 class SimilarTicketIndex:
     """Past tickets and their vectors, asked for the ones most like new tickets.
 
@@ -125,10 +116,12 @@ class SimilarTicketIndex:
         settled_at: Sequence[str | None],
         vectors_kind: str = "lexical",
         build_time_s: float = 0.0,
+        max_terms: int | None = DEFAULT_MAX_TERMS,
     ) -> None:
         from scipy.sparse import csr_matrix
 
         self.labels = tuple(labels)
+        self.max_terms = max_terms
         self.vectors_kind = vectors_kind
         self.build_time_s = build_time_s
         self._matrix = csr_matrix(matrix, dtype=np.float32)
@@ -197,6 +190,7 @@ class SimilarTicketIndex:
             settled_at=[t.settled_at.isoformat() if t.settled_at else None for t in kept],
             vectors_kind=vectors_kind,
             build_time_s=time.perf_counter() - started,
+            max_terms=max_terms,
         )
 
     def neighbours(
@@ -218,7 +212,8 @@ class SimilarTicketIndex:
         k = min(k, len(self))
         if n_queries == 0 or k <= 0:
             return np.zeros((n_queries, 0), dtype=np.int64), np.zeros((n_queries, 0))
-        sims = np.asarray((_normalised(vectors) @ self._by_term).todense(), dtype=np.float32)
+        queries = _prune_rows(vectors, self.max_terms)
+        sims = np.asarray((queries @ self._by_term).todense(), dtype=np.float32)
         if exclude is not None:
             rows = np.arange(n_queries)
             own = np.asarray(exclude)
@@ -275,6 +270,7 @@ class SimilarTicketIndex:
             "labels": list(self.labels),
             "dimensions": self.dimensions,
             "build_time_s": round(self.build_time_s, 3),
+            "max_terms": self.max_terms,
             "ticket_ids": self._ids,
             "snippets": self._snippets,
             "settled_at": self._settled_raw,
@@ -324,6 +320,7 @@ class SimilarTicketIndex:
                 settled_at=doc["settled_at"],
                 vectors_kind=str(doc.get("vectors", "lexical")),
                 build_time_s=float(doc.get("build_time_s", 0.0)),
+                max_terms=doc.get("max_terms"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SimilarIndexError(f"{folder}: inconsistent similar-ticket index: {exc}") from exc
