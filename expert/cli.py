@@ -228,6 +228,13 @@ def _print_build(console: object, report: object) -> None:
         f"{report.seconds:.0f} s; triage threshold for {routing.target_precision:.0%} precision: "
         f"{threshold} (routes {routing.validation_coverage:.1%} of validation tickets)"
     )
+    if (similar := card.similar) is not None:
+        hit = "-" if similar.validation_hit_rate is None else f"{similar.validation_hit_rate:.1%}"
+        console.print(
+            f"similar-ticket index: {similar.rows} tickets ({similar.settled_rows} settled), "
+            f"{similar.memory_bytes / 2**20:.1f} MiB, built in {similar.build_time_s:.1f} s; "
+            f"the queue is among the {similar.k} similar tickets' for {hit} of validation tickets"
+        )
 
 
 @app.command("merge")
@@ -273,6 +280,7 @@ def evaluate_command(
     from expert.evaluate import (
         card_threshold_line,
         evaluate,
+        help_line,
         resolve_engine_config,
         summary_columns,
         summary_rows,
@@ -306,6 +314,8 @@ def evaluate_command(
         table.add_row(*row)
     console.print(table)
     if (line := card_threshold_line(report)) is not None:
+        console.print(line)
+    if (line := help_line(report)) is not None:
         console.print(line)
     if report.engine:
         cpu = report.engine.get("cpu")

@@ -514,7 +514,7 @@ def render_markdown(report: EvalReport) -> str:
         *("| " + " | ".join(row) + " |" for row in summary_rows(report)),
         "",
         *([line, ""] if (line := card_threshold_line(report)) else []),
-        *([line, ""] if (line := _help_line(report)) else []),
+        *([line, ""] if (line := help_line(report)) else []),
         "## Per queue (precision / recall / support)",
         "",
         "| queue | expert P | expert R | SVM P | SVM R | support |",
@@ -542,7 +542,8 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-def _help_line(report: EvalReport) -> str | None:
+def help_line(report: EvalReport) -> str | None:
+    """Top-3 accuracy and the similar-ticket hit rate on the test rows, in words."""
     if report.top3_accuracy is None:
         return None
     line = f"Top-3 accuracy {report.top3_accuracy:.1%}"
