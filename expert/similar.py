@@ -256,7 +256,8 @@ class SimilarTicketIndex:
             found = rows[q] >= 0
             np.add.at(out[q], self._codes[rows[q][found]], sims[q][found])
         totals = out.sum(axis=1, keepdims=True)
-        return np.divide(out, totals, out=np.zeros_like(out), where=totals > 0)
+        np.divide(out, totals, out=out, where=totals > 0)
+        return out
 
     def save(self, folder: Path) -> None:
         """Write `similar.json` and `similar.safetensors` into `folder`."""
