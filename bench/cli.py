@@ -16,6 +16,7 @@ import typer
 
 from bench.cost import Prices
 from bench.feedback_bench import bench_feedback
+from bench.similar_bench import bench_similar
 from bench.steps import collect_step, mttr_step, print_collect, print_mttr, report_step
 from bench.thresholds_bench import bench_thresholds
 from bench.worker_bench import bench_worker
@@ -38,6 +39,7 @@ app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.command("worker")(bench_worker)
 app.command("feedback")(bench_feedback)
 app.command("thresholds")(bench_thresholds)
+app.command("similar")(bench_similar)
 
 
 def collect_command(

@@ -189,6 +189,33 @@ class FusionInfo(BaseModel):
         return self
 
 
+class SimilarInfo(BaseModel):
+    """The expert's similar-ticket index (`similar/` in its folder; `expert.similar`).
+
+    Attributes:
+        vectors: what the index compares ("lexical": the lexical model's TF-IDF vectors).
+        rows: past tickets indexed (training rows and settled tickets, one per ticket id).
+        settled_rows: how many of them the desk settled (retrain's feedback rows).
+        k: similar tickets a triage record carries by default.
+        max_terms: terms kept per indexed ticket (None: all).
+        build_time_s: wall time of building the index.
+        memory_bytes: what the index holds in memory when served.
+        validation_hit_rate: share of validation rows whose queue was among their `k`
+            similar tickets' queues (an index of the fit rows only); None: not measured.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vectors: Literal["lexical"] = "lexical"
+    rows: int = Field(ge=0)
+    settled_rows: int = Field(default=0, ge=0)
+    k: int = Field(ge=1)
+    max_terms: int | None = None
+    build_time_s: float = Field(default=0.0, ge=0.0)
+    memory_bytes: int = Field(default=0, ge=0)
+    validation_hit_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
 class ExpertCard(BaseModel):
     """What a model (or adapter) directory answers, and how it must be prompted.
 
@@ -215,6 +242,7 @@ class ExpertCard(BaseModel):
         fusion: how the neural answer is combined with the lexical model's (and calibrated);
             None: the neural model's probabilities are served as they are.
         created_at: when the card was written.
+        similar: the similar-ticket index the folder holds; None: none (older experts).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -233,6 +261,7 @@ class ExpertCard(BaseModel):
     routing: RoutingCalibration | None = None
     fusion: FusionInfo | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    similar: SimilarInfo | None = None
 
     @model_validator(mode="after")
     def _labels_have_distinct_tokens(self) -> Self:

@@ -231,6 +231,13 @@ def _print_build(console: object, report: object) -> None:
         f"{threshold} (routes {routing.validation_coverage:.1%} of validation tickets)"
     )
     console.print(_routing_summary(routing))
+    if (similar := card.similar) is not None:
+        hit = "-" if similar.validation_hit_rate is None else f"{similar.validation_hit_rate:.1%}"
+        console.print(
+            f"similar-ticket index: {similar.rows} tickets ({similar.settled_rows} settled), "
+            f"{similar.memory_bytes / 2**20:.1f} MiB, built in {similar.build_time_s:.1f} s; "
+            f"the queue is among the {similar.k} similar tickets' for {hit} of validation tickets"
+        )
 
 
 @app.command("merge")
@@ -276,6 +283,7 @@ def evaluate_command(
     from expert.evaluate import (
         card_threshold_line,
         evaluate,
+        help_line,
         resolve_engine_config,
         summary_columns,
         summary_rows,
@@ -314,6 +322,8 @@ def evaluate_command(
         from expert.queue_report import summary_line
 
         console.print(summary_line(report.thresholds))
+    if (line := help_line(report)) is not None:
+        console.print(line)
     if report.engine:
         cpu = report.engine.get("cpu")
         console.print(

@@ -21,6 +21,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import structlog
 from expert import bases
 from expert.card import CARD_FILENAME, ExpertCard
 from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
-from expert.lexical import LexicalError, LexicalModel, lexical_dir
+from expert.lexical import LexicalError, LexicalModel, has_lexical, lexical_dir
 from expert.prompt import classifier_token_ids, prompt_token_ids
 from expert.serving import (
     EngineConfig,
@@ -42,6 +43,8 @@ from expert.serving import (
     label_probabilities,
     load_card,
 )
+from expert.similar import SimilarIndexError, SimilarTicketIndex, has_similar, similar_dir
+from schemas.routing import SimilarTicket
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +73,11 @@ def _output_probabilities(
     return label_probabilities(card, completions[0].logprobs[0], label_token_ids)
 
 
-def _prediction(loaded: _Loaded, output: Any, latency_s: float, lexical_row: Any) -> Prediction:
+def _prediction(
+    loaded: _Loaded, output: Any, latency_s: float, lexical: LexicalAnswer | None
+) -> Prediction:
     neural = _output_probabilities(loaded.card, output, loaded.label_token_ids)
-    probabilities = loaded.finish(neural, lexical_row)
+    probabilities = loaded.finish(neural, None if lexical is None else lexical.scores)
     label = max(probabilities, key=probabilities.__getitem__)
     return Prediction(
         label=label,
@@ -80,7 +85,17 @@ def _prediction(loaded: _Loaded, output: Any, latency_s: float, lexical_row: Any
         probabilities=probabilities,
         latency_s=latency_s,
         neural_probabilities=neural if loaded.card.fusion is not None else None,
+        similar=() if lexical is None else lexical.similar,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalAnswer:
+    """What the lexical side says of one ticket: its decision values (None: the card fuses
+    no lexical model) and the similar past tickets (empty: no index)."""
+
+    scores: Any
+    similar: tuple[SimilarTicket, ...] = ()
 
 
 def _set_env_defaults(
@@ -138,7 +153,9 @@ class _Loaded:
         self.model_dir = Path(config.model_dir)
         self.adapter_dir = Path(config.adapter_dir) if config.adapter_dir is not None else None
         self.card = self._read_cards()
+        self.similar_k = self._similar_k()
         self.lexical = self._read_lexical()
+        self.similar = self._read_similar()
         self.lora_request: Any = None
         self.label_token_ids: list[int] = []
         self.tokenizer: Any = None
@@ -185,15 +202,28 @@ class _Loaded:
             raise ExpertLoadError(f"{self.adapter_dir}: no adapter_config.json")
         return card
 
-    def _read_lexical(self) -> LexicalModel | None:
+    @property
+    def fuses_lexical(self) -> bool:
+        """Whether the served answer fuses the lexical model's decision values."""
         fusion = self.card.fusion
-        if fusion is None or fusion.lexical_weight <= 0:
+        return fusion is not None and fusion.lexical_weight > 0
+
+    def _similar_k(self) -> int:
+        """Similar tickets per ticket: 0 when the card records no index (older experts)."""
+        if self.card.similar is None:
+            return 0
+        configured = self.config.similar_tickets
+        return self.card.similar.k if configured is None else configured
+
+    def _read_lexical(self) -> LexicalModel | None:
+        # The similar-ticket index compares the lexical model's vectors.
+        if not self.fuses_lexical and not (self.similar_k and has_lexical(self.expert_dir)):
             return None
         try:
             lexical = LexicalModel.load(lexical_dir(self.expert_dir))
         except LexicalError as exc:
             raise ExpertLoadError(
-                f"{self.expert_dir}: the card fuses a lexical model: {exc}"
+                f"{self.expert_dir}: cannot load its lexical model: {exc}"
             ) from exc
         if lexical.labels != self.card.labels:
             raise ExpertLoadError(
@@ -201,9 +231,35 @@ class _Loaded:
             )
         return lexical
 
-    def lexical_scores(self, texts: Sequence[str]) -> Any:
-        """The lexical model's decision values for `texts` (None: the card fuses none)."""
-        return self.lexical.scores(texts) if self.lexical is not None else None
+    def _read_similar(self) -> SimilarTicketIndex | None:
+        if not self.similar_k or self.lexical is None or not has_similar(self.expert_dir):
+            return None
+        try:
+            index = SimilarTicketIndex.load(similar_dir(self.expert_dir))
+        except SimilarIndexError as exc:
+            raise ExpertLoadError(f"{self.expert_dir}: the card lists an index: {exc}") from exc
+        if index.labels != self.card.labels or index.dimensions != self.lexical.features:
+            raise ExpertLoadError(
+                f"{self.expert_dir}: the similar-ticket index does not match the expert's "
+                "labels or lexical vectors"
+            )
+        return index
+
+    def lexical_answers(self, texts: Sequence[str]) -> list[LexicalAnswer] | None:
+        """The lexical side's answer for each of `texts` (None: no lexical model served)."""
+        if self.lexical is None:
+            return None
+        vectors = self.lexical.vectors(texts)
+        scores = self.lexical.scores(texts, vectors=vectors) if self.fuses_lexical else None
+        similar = (
+            self.similar.query(vectors, k=self.similar_k)
+            if self.similar is not None
+            else [()] * len(texts)
+        )
+        return [
+            LexicalAnswer(None if scores is None else scores[i], similar[i])
+            for i in range(len(texts))
+        ]
 
     def finish(self, neural: dict[str, float], lexical_row: Any) -> dict[str, float]:
         """The served probabilities: the neural ones as they are, or fused per the card."""
@@ -399,7 +455,8 @@ class _LexicalBatch:
         if not live:
             return
         try:
-            rows = self._loaded.lexical_scores([text for text, _ in live])
+            rows = self._loaded.lexical_answers([text for text, _ in live])
+            assert rows is not None
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in live:
                 future.set_exception(exc)
@@ -505,8 +562,8 @@ class StreamingExpert(_ServedIdentity):
             raise EngineFailure(f"the engine failed on request {request_id}: {exc!r}") from exc
         finally:
             self._in_flight -= 1
-        lexical_row = None if lexical is None else await lexical
-        return _prediction(loaded, final, time.perf_counter() - started, lexical_row)
+        answer = None if lexical is None else await lexical
+        return _prediction(loaded, final, time.perf_counter() - started, answer)
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) requests now, best effort: this client's in-flight requests,
@@ -592,7 +649,7 @@ class BatchExpert(_ServedIdentity):
         loaded = self._loaded
         prompts = [loaded.prompt(text) for text in texts]
         started = time.perf_counter()
-        lexical = loaded.lexical_scores(texts)
+        lexical = loaded.lexical_answers(texts)
         if loaded.card.is_classifier:
             outputs = self._llm.classify(prompts, pooling_params=loaded.params, use_tqdm=False)
         else:

@@ -99,6 +99,11 @@ class EvalReport(BaseModel):
     card_threshold_coverage: float | None = None
     # The card's global threshold vs its per-queue ones (None: the card has no per-queue).
     thresholds: ThresholdComparison | None = None
+    # Help for the human on the test rows: the truth among the top-3 queues, and among the
+    # queues of the similar tickets the index found (None: the expert has no index).
+    top3_accuracy: float | None = None
+    similar_hit_rate: float | None = None
+    similar_k: int | None = None
 
 
 def score(
@@ -329,6 +334,7 @@ def evaluate(
             truth=truth,
             routing=card.routing,
         ),
+        **help_scores(predictions, truth),
     )
     write_report(report, Path(out_dir))
     log.info(
@@ -339,6 +345,20 @@ def evaluate(
         out_dir=str(out_dir),
     )
     return report
+
+
+def help_scores(predictions: Sequence[Prediction], truth: Sequence[str]) -> dict[str, Any]:
+    """Top-3 accuracy, and the share of tickets whose queue is among their similar tickets'
+    queues (None when no prediction carries similar tickets)."""
+    n = max(1, len(truth))
+    top3 = sum(t in {s.queue for s in p.top(3)} for p, t in zip(predictions, truth, strict=True))
+    with_similar = any(p.similar for p in predictions)
+    hits = sum(t in {s.queue for s in p.similar} for p, t in zip(predictions, truth, strict=True))
+    return {
+        "top3_accuracy": round(top3 / n, 4),
+        "similar_hit_rate": round(hits / n, 4) if with_similar else None,
+        "similar_k": max((len(p.similar) for p in predictions), default=0) or None,
+    }
 
 
 def _at_threshold(
@@ -504,6 +524,7 @@ def render_markdown(report: EvalReport) -> str:
         "",
         *([line, ""] if (line := card_threshold_line(report)) else []),
         *(markdown_lines(report.thresholds) if report.thresholds else []),
+        *([line, ""] if (line := help_line(report)) else []),
         "## Per queue (precision / recall / support)",
         "",
         "| queue | expert P | expert R | SVM P | SVM R | support |",
@@ -529,6 +550,19 @@ def render_markdown(report: EvalReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def help_line(report: EvalReport) -> str | None:
+    """Top-3 accuracy and the similar-ticket hit rate on the test rows, in words."""
+    if report.top3_accuracy is None:
+        return None
+    line = f"Top-3 accuracy {report.top3_accuracy:.1%}"
+    if report.similar_hit_rate is not None:
+        line += (
+            f"; the right queue is among the {report.similar_k} similar tickets' queues for "
+            f"{report.similar_hit_rate:.1%} of test tickets"
+        )
+    return line + "."
 
 
 def _engine_lines(report: EvalReport) -> list[str]:

@@ -169,13 +169,24 @@ class LexicalModel:
         """Number of n-gram features (word + character)."""
         return int(self._weights.shape[1])
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
-        """Decision values, one row per text, one column per label (float64)."""
-        from scipy.sparse import hstack
+    def vectors(self, texts: Sequence[str]) -> Any:
+        """The TF-IDF vectors of `texts` (scipy CSR, one row per text: the word part and the
+        character part, each L2-normalised), what `scores` weighs and the similar-ticket
+        index compares."""
+        from scipy.sparse import csr_matrix, hstack
 
         if not texts:
+            return csr_matrix((0, self.features), dtype=np.float64)
+        return hstack([self._word.transform(texts), self._char.transform(texts)]).tocsr()
+
+    def scores(self, texts: Sequence[str], *, vectors: Any = None) -> np.ndarray:
+        """Decision values, one row per text, one column per label (float64).
+
+        `vectors`: `self.vectors(texts)` when the caller already has them.
+        """
+        if not texts:
             return np.zeros((0, len(self.labels)))
-        features = hstack([self._word.transform(texts), self._char.transform(texts)]).tocsr()
+        features = self.vectors(texts) if vectors is None else vectors
         out = np.asarray(features @ self._weights.T, dtype=np.float64)
         return out + self._biases.astype(np.float64)
 

@@ -65,6 +65,7 @@ from expert.lexical import LexicalModel, LexicalSettings, lexical_dir
 from expert.llm import LlmConfig, train_lora
 from expert.metrics import TARGET_PRECISION, expected_calibration_error, threshold_at_precision
 from expert.serving import EngineFailure, ExpertLoadError
+from expert.similar_build import SimilarSettings, training_tickets, write_index
 from expert.thresholds import DEFAULT_MIN_PREDICTED, DEFAULT_STRENGTH
 from expert.training import ProgressCallback
 
@@ -147,6 +148,7 @@ class RecipeConfig(BaseModel):
     llm: LlmConfig = LlmConfig()
     keep_candidates: bool = False
     bases_dir: Path = bases.DEFAULT_BASES_DIR
+    similar: SimilarSettings = SimilarSettings()
 
     def plan(self) -> PresetPlan:
         """The preset's plan with this config's overrides applied."""
@@ -565,7 +567,7 @@ def _choose_and_write(
     assert outcome.folder is not None and outcome.trained is not None
     fit, val, test = parts
     served_lexical = None
-    if weights.uses_lexical:
+    if weights.uses_lexical or config.similar.enabled:
         # The fusion weights are fitted; the lexical model is refitted on every training
         # row (fit + validation) for serving: seconds of work, and on the real tickets the
         # 10% it would otherwise miss (one row of each rare queue) cost 0.03 macro-F1.
@@ -576,6 +578,24 @@ def _choose_and_write(
             settings=config.lexical,
         )
     _assemble(out_dir, outcome.folder, served_lexical)
+    similar = None
+    if served_lexical is not None and config.similar.enabled:
+        # The index holds every training row (fit + validation), as the served lexical
+        # model does; its hit rate is measured on the validation rows with the fit rows'.
+        similar = write_index(
+            out_dir,
+            tickets=training_tickets(
+                data_path,
+                text_col=text_col,
+                label_col=label_col,
+                split_seed=config.split_seed,
+                test_fraction=config.test_fraction,
+            ),
+            served_vectors_of=served_lexical.vectors,
+            labels=report.labels,
+            settings=config.similar,
+            validation=(fit, val, lexical.vectors),
+        )
     card = outcome.trained.card.model_copy(
         update={
             # Named after its folder unless told: a candidate's own name ("classifier-encoder")
@@ -610,6 +630,7 @@ def _choose_and_write(
                 lexical_alone=lexical_alone.lexical_weight,
             ),
             "routing": routing,
+            "similar": similar,
         }
     )
     write_card(out_dir, card)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from expert import bases, hardware
 from expert.card import CARD_FILENAME, ExpertCard
+from schemas.routing import QueueSuggestion, SimilarTicket, top_suggestions
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class Prediction:
         latency_s: submit -> answer, seconds.
         neural_probabilities: the neural model's own probabilities when the served answer
             is a fusion (for reports); None otherwise.
+        similar: the past tickets most like this one, most similar first (empty: the
+            expert has no similar-ticket index, or it is switched off).
     """
 
     label: str
@@ -40,6 +43,11 @@ class Prediction:
     probabilities: dict[str, float]
     latency_s: float
     neural_probabilities: dict[str, float] | None = None
+    similar: tuple[SimilarTicket, ...] = ()
+
+    def top(self, n: int = 3) -> tuple[QueueSuggestion, ...]:
+        """The `n` most probable queues with their probabilities, most probable first."""
+        return top_suggestions(self.probabilities, n=n)
 
 
 class ExpertLoadError(Exception):
@@ -81,6 +89,8 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
             processes). None: `expert.hardware.engine_threads` decides (half the cores for
             the streaming engine, which shares them with Kafka and the broker; every core
             for offline batches).
+        similar_tickets: similar past tickets found per ticket when the expert has an
+            index (None: the card's `similar.k`; 0: none, the index is not loaded).
     """
 
     model_dir: Path = Path(".state/models/default-expert")
@@ -92,6 +102,7 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
     cache_dir: Path = Path(".state/vllm-cache")
     cpu_threads: int | None = pydantic.Field(default=None, ge=1)
     bases_dir: Path = bases.DEFAULT_BASES_DIR
+    similar_tickets: int | None = pydantic.Field(default=None, ge=0, le=50)
 
 
 def load_card(model_dir: Path) -> ExpertCard:

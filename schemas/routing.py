@@ -36,6 +36,52 @@ class TriageReason(StrEnum):
     SHADOW_MODE = "shadow_mode"
 
 
+SNIPPET_MAX_CHARS = 160
+
+
+class QueueSuggestion(BaseModel):
+    """One of the expert's best guesses for a ticket.
+
+    Attributes:
+        queue: a taxonomy queue name.
+        probability: the expert's probability of it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class SimilarTicket(BaseModel):
+    """A past ticket like this one, from the expert's index: its training rows and the
+    tickets the desk settled before the version was built.
+
+    Attributes:
+        ticket_id: the past ticket's id (its row number, "row-N", when its data had none).
+        snippet: the start of its text (at most `SNIPPET_MAX_CHARS` characters).
+        queue: the queue it finally went to.
+        similarity: cosine similarity of the two tickets' vectors (1: the same words).
+        settled_at: when the desk settled it (None: an original training row).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ticket_id: str
+    snippet: str = Field(max_length=SNIPPET_MAX_CHARS)
+    queue: str
+    similarity: float = Field(ge=0.0, le=1.0)
+    settled_at: AwareDatetime | None = None
+
+
+def top_suggestions(probabilities: dict[str, float], *, n: int = 3) -> tuple[QueueSuggestion, ...]:
+    """The `n` most probable queues of a distribution, most probable first (ties by name)."""
+    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return tuple(
+        QueueSuggestion(queue=queue, probability=min(1.0, max(0.0, p))) for queue, p in ranked
+    )
+
+
 class RoutingDecision(BaseModel):
     """The expert's answer for one ticket.
 
@@ -47,6 +93,10 @@ class RoutingDecision(BaseModel):
         model_id: the expert's identifier (model card name + hash).
         adapter_id: the LoRA adapter that answered, if any.
         engine_latency_s: time from submission to the engine until its answer.
+        suggestions: the most probable queues (up to three), most probable first; empty
+            when the engine did not answer.
+        similar_tickets: the past tickets most like this one, most similar first; filled on
+            triage records when the expert has a similar-ticket index, else empty.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,6 +107,8 @@ class RoutingDecision(BaseModel):
     model_id: str
     adapter_id: str | None = None
     engine_latency_s: float = Field(ge=0.0)
+    suggestions: tuple[QueueSuggestion, ...] = ()
+    similar_tickets: tuple[SimilarTicket, ...] = ()
 
     @model_validator(mode="after")
     def _probabilities_are_a_distribution(self) -> Self:

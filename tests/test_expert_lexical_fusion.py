@@ -200,11 +200,11 @@ class _CountingLoaded:
         self.calls: list[list[str]] = []
         self.fail = fail
 
-    def lexical_scores(self, texts: list[str]) -> np.ndarray:
+    def lexical_answers(self, texts: list[str]) -> list[np.ndarray]:
         self.calls.append(list(texts))
         if self.fail:
             raise ValueError("broken lexical model")
-        return np.asarray([[float(len(t))] for t in texts])
+        return [np.asarray([float(len(t))]) for t in texts]
 
 
 async def test_requests_of_one_event_loop_turn_are_lexically_scored_in_one_call() -> None:

@@ -18,8 +18,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from expert.lexical import LexicalModel, lexical_dir
 from expert.registry import Registry
-from expert.serving import EngineConfig, Prediction
+from expert.serving import EngineConfig, Prediction, load_card
+from expert.similar import SimilarTicketIndex, similar_dir
+from expert.similar_build import training_tickets
 from feedback.decision_log import DecisionLog, LoggedDecision
 from feedback.promotion import ModelFigures, PromotionPolicy, decide, model_figures, paired
 from feedback.retrain import RetrainRequest, family_name, retrain
@@ -255,6 +258,42 @@ def test_a_challenger_taught_wrong_queues_is_refused_and_the_champion_keeps_serv
         json.loads(x) for x in (tmp_path / "work" / "history.jsonl").read_text().splitlines()
     ]
     assert history[-1]["promote"] is False and history[-1]["champion"] == "v1-champion"
+    _assert_index_holds_the_settled_tickets(outcome.challenger_dir, outcome.run_dir, labels)
+
+
+def _assert_index_holds_the_settled_tickets(
+    challenger_dir: Path, run_dir: Path, labels: Sequence[str]
+) -> None:
+    """The challenger's similar-ticket index holds the settled tickets it was built from,
+    with the desk's final queue and when it was settled; never the judging slice."""
+    card = load_card(challenger_dir)
+    assert card.similar is not None and card.training is not None
+    index = SimilarTicketIndex.load(similar_dir(challenger_dir))
+    expected = training_tickets(
+        run_dir / "data.jsonl",
+        text_col="text",
+        label_col="label",
+        split_seed=card.training.split_seed,
+        test_fraction=card.training.test_fraction,
+    )
+    settled = {t.ticket_id: t for t in expected if t.ticket_id.startswith("FB")}
+    assert len(settled) > 300  # ~80% of the 480 older feedback rows (the build's training part)
+    assert card.similar.settled_rows == len(settled)
+    doc = json.loads((similar_dir(challenger_dir) / "similar.json").read_text("utf-8"))
+    by_id = dict(zip(doc["ticket_ids"], doc["settled_at"], strict=True))
+    assert set(settled) <= set(by_id)
+    for ticket_id, ticket in settled.items():
+        assert by_id[ticket_id] == ticket.settled_at.isoformat()  # type: ignore[union-attr]
+        assert ticket.queue == labels[int(ticket_id[2:])]  # the desk's final queue
+    slice_ids = {f"FB{i:05d}" for i in range(480, 600)}
+    assert not slice_ids & set(by_id)
+    # The index answers with the settled queue: a settled ticket finds itself first.
+    some = next(iter(settled.values()))
+    lexical = LexicalModel.load(lexical_dir(challenger_dir))
+    (found,) = index.query(lexical.vectors([some.text]), k=5)
+    itself = next(t for t in found if t.ticket_id == some.ticket_id)
+    assert itself.similarity > 0.99 and itself.similarity == found[0].similarity
+    assert itself.queue == some.queue and itself.settled_at == some.settled_at
 
 
 def _log_feedback(store: Path, tickets: Sequence[CorpusTicket]) -> None:

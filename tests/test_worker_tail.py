@@ -22,7 +22,14 @@ from prometheus_client import CollectorRegistry
 
 from expert.engine import StreamingExpert
 from schemas.dead_letter import DeadLetter, DeadLetterReason
-from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
+from schemas.routing import (
+    Disposition,
+    RoutedTicket,
+    RoutingDecision,
+    SimilarTicket,
+    TriageReason,
+    top_suggestions,
+)
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import Ticket
 from tests.kafka_helpers import OutputReader, OutRecord, committed, produce
@@ -98,6 +105,27 @@ def _record(topic: str, value: bytes, headers: tuple[tuple[str, bytes], ...] = (
 
 
 # ---------------------------------------------------------------------------- formatting
+
+
+def test_a_triage_line_shows_the_top_queues_and_the_similar_tickets_queues() -> None:
+    triaged = _routed("INC0000044", queue="hardware", confidence=0.31, triage=True)
+    similar = tuple(
+        SimilarTicket(
+            ticket_id=f"T-{n}", snippet="printer jammed", queue=q, similarity=0.9 - n / 10
+        )
+        for n, q in enumerate(["hardware", "network_vpn", "hardware"])
+    )
+    decision = triaged.decision.model_copy(
+        update={
+            "suggestions": top_suggestions(triaged.decision.probabilities),
+            "similar_tickets": similar,
+        }
+    )
+    triaged = triaged.model_copy(update={"decision": decision})
+    record = _record(triaged.topic, triaged.model_dump_json().encode())
+    line = describe(record, dead_letter_topic=TAX.topics.dead_letter)
+    assert "top hardware 0.31 " in line, line
+    assert "similar hardwarex2 network_vpnx1" in line, line
 
 
 def test_queue_names_triage_and_dead_letter_resolve_to_their_topics() -> None:

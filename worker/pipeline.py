@@ -33,6 +33,7 @@ from worker.offsets import OffsetTracker
 from worker.policy import Plan, Thresholds, modes_in_force, plan, thresholds_in_force
 from worker.retrying import commit_retrying, publish_retrying
 from worker.seams import Engine, Publisher, Source, VersionedPrediction
+from worker.suggest import with_help
 
 log = structlog.get_logger(__name__)
 
@@ -315,6 +316,7 @@ class Pipeline:
             self.metrics.confidence.observe(prediction.confidence)
             chosen = plan(self.taxonomy, prediction, thresholds=thresholds, modes=self.modes)
             topic, disposition, reason = chosen.topic, chosen.disposition, chosen.reason
+            decision = with_help(decision, prediction, disposition=disposition)
         routed = RoutedTicket(
             ticket=ticket,
             decision=decision,

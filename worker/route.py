@@ -41,6 +41,7 @@ from schemas.taxonomy import QueueMode, Taxonomy
 from schemas.ticket import SourceSystem, Ticket
 from worker.decide import DEFAULT_CONFIDENCE_THRESHOLD, effective_threshold
 from worker.policy import Thresholds, modes_in_force, plan
+from worker.suggest import with_help
 
 DEAD_LETTER = "dead_letter"
 TEXT_TICKET_ID = "cli-ticket"
@@ -238,6 +239,7 @@ class Outcome:
             adapter_id=decision.adapter_id,
             engine_latency_s=decision.engine_latency_s,
             probabilities=decision.probabilities,
+            similar_tickets=[t.model_dump(mode="json") for t in decision.similar_tickets],
         )
         return out
 
@@ -272,8 +274,22 @@ class Outcome:
                 f"  top 3       {top}",
                 f"  decision    {self.disposition} -> {self.topic}  ({why})",
                 f"  expert      {decision.model_id}, adapter {decision.adapter_id or 'none'}",
+                *_similar_lines(decision),
             ]
         )
+
+
+def _similar_lines(decision: RoutingDecision) -> list[str]:
+    """One line per similar past ticket: similarity, final queue, id and the text's start."""
+    lines = []
+    for n, t in enumerate(decision.similar_tickets):
+        head = "  similar    " if n == 0 else "             "
+        text = t.snippet if len(t.snippet) <= 60 else t.snippet[:59] + "…"
+        lines.append(
+            f"{head} {t.similarity:.2f} {t.queue}  {t.ticket_id}  "
+            f"{json.dumps(text, ensure_ascii=False)}"
+        )
+    return lines
 
 
 def dead_letter_outcome(item: Item, *, taxonomy: Taxonomy, threshold: Threshold) -> Outcome:
@@ -312,6 +328,7 @@ def route_items(
             adapter_id=version.adapter_id,
             engine_latency_s=prediction.latency_s,
         )
+        decision = with_help(decision, prediction, disposition=chosen.disposition)
         outcomes.append(
             Outcome(
                 item,

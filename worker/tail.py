@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,7 +164,22 @@ def describe(record: InboundRecord, *, dead_letter_topic: str) -> str:
     return (
         f"{clock} {where}  {routed.ticket.id:<16} {decision.queue or '-':<22} "
         f"conf {decision.confidence:.3f}  {_latency(routed)}{triage}  {subject}"
+        f"{_help(routed) if routed.triage_reason else ''}"
     )
+
+
+def _help(routed: RoutedTicket) -> str:
+    """The triage record's help, compactly: the top queues, then the similar tickets'
+    queues by count ("top GRP_0 .52 GRP_8 .21  similar GRP_0x3 GRP_8x1")."""
+    decision = routed.decision
+    parts = []
+    if decision.suggestions:
+        top = " ".join(f"{s.queue} {s.probability:.2f}" for s in decision.suggestions)
+        parts.append(f"top {top}")
+    if decision.similar_tickets:
+        counts = Counter(t.queue for t in decision.similar_tickets)
+        parts.append("similar " + " ".join(f"{q}x{n}" for q, n in counts.most_common()))
+    return "  " + "  ".join(parts) if parts else ""
 
 
 def raw_json(record: InboundRecord, *, dead_letter_topic: str) -> str:
