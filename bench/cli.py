@@ -416,12 +416,12 @@ def capacity_command(
 
     Writes capacity.json and capacity.png to --dir.
     """
-    from bench import capacity
+    from bench import capacity, capacity_ramp, capacity_report
     from worker.logs import configure_logging
 
     configure_logging(level="WARNING", fmt="console")
     try:
-        plan = capacity.RampPlan(
+        plan = capacity_ramp.RampPlan(
             start_rate_per_s=start_rate,
             growth_factor=factor,
             growth_add_per_s=step_add,
@@ -433,13 +433,13 @@ def capacity_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    slo = capacity.Slo(p99_s=slo_p99_s, min_delivered_fraction=min_delivered)
+    slo = capacity_ramp.Slo(p99_s=slo_p99_s, min_delivered_fraction=min_delivered)
     run = capacity.CapacityRun(
         model_dir=model, bootstrap=bootstrap, out_dir=out_dir, partitions=partitions, seed=seed
     )
     out = console()
     code, doc = capacity.run_capacity(
-        run, plan, slo, on_step=lambda s: out.print(capacity.step_line(s))
+        run, plan, slo, on_step=lambda s: out.print(capacity_report.step_line(s))
     )
     if code == capacity.EXIT_MODEL_MISSING:
         out.print(
@@ -447,5 +447,5 @@ def capacity_command(
             "build it with `ticket-router expert build` (or pass --model)"
         )
         raise typer.Exit(code)
-    capacity.print_curve(doc)
+    capacity_report.print_curve(doc)
     out.print(f"wrote {out_dir / 'capacity.json'}, {out_dir / 'capacity.png'}")

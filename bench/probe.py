@@ -3,7 +3,7 @@
 Owns the probe's I/O: a paced open-loop producer of fresh tickets on the inbound topic and a
 reader of the output topics, one step at a time, with a wait between steps until the last
 step's tickets are answered, so that no step inherits the backlog of the one before. Which
-rate comes next, a step's figures and its verdict are `bench.capacity`'s pure functions
+rate comes next, a step's figures and its verdict are `bench.capacity_ramp`'s pure functions
 (`next_rate`, `step_figures`, `judge`, `summarise`). It starts, stops and tunes nothing: the
 router runs with its own settings, and the probe only offers it tickets.
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.capacity import (
+from bench.capacity_ramp import (
     CapacitySummary,
     Phase,
     RampPlan,
@@ -243,7 +243,7 @@ def run_probe(
     Args:
         target: broker, topics, payload format and run number.
         corpus: tickets to draw the probe's payloads from.
-        plan: rates and step lengths (`bench.capacity.RampPlan`).
+        plan: rates and step lengths (`bench.capacity_ramp.RampPlan`).
         slo: what a step must achieve to pass.
         warmup_tickets: tickets sent and awaited before the first step.
         drain_timeout_s: longest wait for a step's tickets after its window.

@@ -2,7 +2,9 @@
 
 Owns argument parsing and terminal output (rich) for building and evaluating experts. Heavy
 libraries (torch, transformers, vllm, sklearn, matplotlib) are imported inside the commands,
-so importing this module (every `ticket-router` start does) stays fast.
+so importing this module (every `ticket-router` start does) stays fast. What those libraries
+print goes to a log file under .state/logs/ (`expert.quiet`), or to the terminal with
+`--verbose`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from expert import quiet
 from expert.thresholds import DEFAULT_MIN_PREDICTED, DEFAULT_STRENGTH
 
 app = typer.Typer(
@@ -26,6 +29,7 @@ TextColOpt = Annotated[str | None, typer.Option("--text-col", help="Text field (
 LabelColOpt = Annotated[
     str | None, typer.Option("--label-col", help="Label field (default: label).")
 ]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help=quiet.VERBOSE_HELP)]
 
 
 def _base_kind(base: str) -> str:
@@ -114,59 +118,61 @@ def build(
     ] = None,
     precision: Annotated[str, typer.Option(help="auto, bfloat16 or float32.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train an expert from labeled tickets (JSONL or CSV), choose and calibrate it on
     validation rows, and print how each candidate did."""
-    from pydantic import ValidationError
-    from rich.console import Console
+    with quiet.library_output("expert-build", verbose=verbose):
+        from pydantic import ValidationError
+        from rich.console import Console
 
-    from expert import hardware
-    from expert.build import BuildError
-    from expert.dataset import DatasetError
-    from expert.progress import progress
-    from expert.recipe import RecipeConfig
-    from expert.recipe import build as build_recipe
-    from schemas.taxonomy import Taxonomy, TaxonomyError
+        from expert import hardware
+        from expert.build import BuildError
+        from expert.dataset import DatasetError
+        from expert.progress import progress
+        from expert.recipe import RecipeConfig
+        from expert.recipe import build as build_recipe
+        from schemas.taxonomy import Taxonomy, TaxonomyError
 
-    console = _wide_console()
-    assert isinstance(console, Console)
-    try:
-        config = _recipe_config(
-            config_file=config_file,
-            flags={
-                "preset": preset,
-                "budget_minutes": budget_minutes,
-                "target_precision": target_precision,
-                "model_id": model_id,
-                "precision": precision,
-                "num_threads": threads,
-            },
-            base=base,
-            merge=merge,
-        )
-        labels = None
-        if taxonomy is not None:
-            labels = Taxonomy.load(None if taxonomy == "default" else taxonomy).labels
-    except (ValidationError, TaxonomyError, OSError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    assert isinstance(config, RecipeConfig)
-    console.print(hardware.describe(hardware.summary(config.precision, measure=True)))
-    try:
-        report = build_recipe(
-            data,
-            out,
-            text_col=text_col or "text",
-            label_col=label_col or "label",
-            config=config,
-            taxonomy_labels=labels,
-            on_event=lambda message: console.print(f"[bold]build:[/] {message}"),
-            progress_for=lambda label: progress(label),
-        )
-    except (BuildError, DatasetError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    _print_build(console, report)
+        console = _wide_console()
+        assert isinstance(console, Console)
+        try:
+            config = _recipe_config(
+                config_file=config_file,
+                flags={
+                    "preset": preset,
+                    "budget_minutes": budget_minutes,
+                    "target_precision": target_precision,
+                    "model_id": model_id,
+                    "precision": precision,
+                    "num_threads": threads,
+                },
+                base=base,
+                merge=merge,
+            )
+            labels = None
+            if taxonomy is not None:
+                labels = Taxonomy.load(None if taxonomy == "default" else taxonomy).labels
+        except (ValidationError, TaxonomyError, OSError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        assert isinstance(config, RecipeConfig)
+        console.print(hardware.describe(hardware.summary(config.precision, measure=True)))
+        try:
+            report = build_recipe(
+                data,
+                out,
+                text_col=text_col or "text",
+                label_col=label_col or "label",
+                config=config,
+                taxonomy_labels=labels,
+                on_event=lambda message: console.print(f"[bold]build:[/] {message}"),
+                progress_for=lambda label: progress(label),
+            )
+        except (BuildError, DatasetError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        _print_build(console, report)
 
 
 def _wide_console() -> object:
@@ -244,21 +250,23 @@ def _print_build(console: object, report: object) -> None:
 def merge_command(
     model: Annotated[Path, typer.Option("--model", help="A LoRA expert folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the merged full model.")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fold a LoRA expert's adapter into its base: served without per-request LoRA cost."""
-    from rich.console import Console
+    with quiet.library_output("expert-merge", verbose=verbose):
+        from rich.console import Console
 
-    from expert.bases import BaseModelError
-    from expert.build import BuildError
-    from expert.llm import merge_adapter
+        from expert.bases import BaseModelError
+        from expert.build import BuildError
+        from expert.llm import merge_adapter
 
-    console = Console()
-    try:
-        card = merge_adapter(model, out)
-    except (BuildError, BaseModelError, OSError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    console.print(f"[green]merged[/] {card.model_id} onto {card.base_model} -> {out}")
+        console = Console()
+        try:
+            card = merge_adapter(model, out)
+        except (BuildError, BaseModelError, OSError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        console.print(f"[green]merged[/] {card.model_id} onto {card.base_model} -> {out}")
 
 
 @app.command("eval")
@@ -274,65 +282,73 @@ def evaluate_command(
         str,
         typer.Option("--dtype", help="Engine number format: auto, bfloat16 or float32."),
     ] = "auto",
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score the expert vs TF-IDF + LinearSVC on the build's held-out split; write a report."""
-    from rich.console import Console
-    from rich.table import Table
+    with quiet.library_output("expert-eval", verbose=verbose):
+        from rich.console import Console
+        from rich.table import Table
 
-    from expert import hardware
-    from expert.evaluate import (
-        card_threshold_line,
-        evaluate,
-        help_line,
-        resolve_engine_config,
-        summary_columns,
-        summary_rows,
-    )
-    from expert.serving import ExpertLoadError, load_card
+        from expert import hardware
+        from expert.evaluate import (
+            card_threshold_line,
+            evaluate,
+            help_line,
+            resolve_engine_config,
+            summary_columns,
+            summary_rows,
+        )
+        from expert.serving import ExpertLoadError, load_card
 
-    console = _wide_console()
-    assert isinstance(console, Console)
-    if dtype not in hardware.REQUESTED_VALUES:
-        console.print(f"[red]--dtype must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
-        raise typer.Exit(2)
-    console.print(hardware.describe(hardware.summary(dtype, measure=True)))
-    try:
-        card = load_card(model)
-        config = resolve_engine_config(
-            model, card, kv_cache_gib=kv_cache_gib, max_num_seqs=max_num_seqs, dtype=dtype
+        console = _wide_console()
+        assert isinstance(console, Console)
+        if dtype not in hardware.REQUESTED_VALUES:
+            console.print(f"[red]--dtype must be one of {', '.join(hardware.REQUESTED_VALUES)}[/]")
+            raise typer.Exit(2)
+        console.print(hardware.describe(hardware.summary(dtype, measure=True)))
+        try:
+            card = load_card(model)
+            config = resolve_engine_config(
+                model, card, kv_cache_gib=kv_cache_gib, max_num_seqs=max_num_seqs, dtype=dtype
+            )
+            report = evaluate(
+                model,
+                data,
+                out_dir=out,
+                text_col=text_col,
+                label_col=label_col,
+                engine_config=config,
+            )
+        except ExpertLoadError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(4) from exc
+        table = Table(
+            title=f"{report.model_id} vs TF-IDF + LinearSVC: "
+            f"{report.test_examples} held-out tickets"
         )
-        report = evaluate(
-            model, data, out_dir=out, text_col=text_col, label_col=label_col, engine_config=config
-        )
-    except ExpertLoadError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(4) from exc
-    table = Table(
-        title=f"{report.model_id} vs TF-IDF + LinearSVC: {report.test_examples} held-out tickets"
-    )
-    table.add_column("metric")
-    for column in summary_columns(report):
-        table.add_column(column, justify="right")
-    for row in summary_rows(report):
-        table.add_row(*row)
-    console.print(table)
-    if (line := card_threshold_line(report)) is not None:
-        console.print(line)
-    if report.thresholds is not None:
-        from expert.queue_report import summary_line
+        table.add_column("metric")
+        for column in summary_columns(report):
+            table.add_column(column, justify="right")
+        for row in summary_rows(report):
+            table.add_row(*row)
+        console.print(table)
+        if (line := card_threshold_line(report)) is not None:
+            console.print(line)
+        if report.thresholds is not None:
+            from expert.queue_report import summary_line
 
-        console.print(summary_line(report.thresholds))
-    if (line := help_line(report)) is not None:
-        console.print(line)
-    if report.engine:
-        cpu = report.engine.get("cpu")
-        console.print(
-            f"engine: dtype {report.engine.get('dtype')}, {report.engine.get('threads')} "
-            f"thread(s), cpu {cpu.get('kind') if isinstance(cpu, dict) else '?'}"
-        )
-    if report.data_matches_build is False:
-        console.print("[yellow]the data file differs from the one the expert was built on[/]")
-    console.print(f"report: {out / 'report.md'} (JSON, PNGs beside it)")
+            console.print(summary_line(report.thresholds))
+        if (line := help_line(report)) is not None:
+            console.print(line)
+        if report.engine:
+            cpu = report.engine.get("cpu")
+            console.print(
+                f"engine: dtype {report.engine.get('dtype')}, {report.engine.get('threads')} "
+                f"thread(s), cpu {cpu.get('kind') if isinstance(cpu, dict) else '?'}"
+            )
+        if report.data_matches_build is False:
+            console.print("[yellow]the data file differs from the one the expert was built on[/]")
+        console.print(f"report: {out / 'report.md'} (JSON, PNGs beside it)")
 
 
 @app.command("calibrate")

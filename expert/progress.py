@@ -8,11 +8,12 @@ to a file, CI logs) a bar prints nothing for minutes, so it prints one line ever
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Protocol
+
+from expert import quiet
 
 
 class StepReporter(Protocol):
@@ -74,10 +75,11 @@ def progress(
         label: what is progressing ("training", "building the default expert").
         unit: what `done` counts.
         every_s: seconds between plain lines when the output is not a terminal.
-        stream: where plain lines go (default: stderr).
+        stream: where plain lines and the bar go (default: the terminal's stderr, also
+            while `expert.quiet` sends library output to a log file).
         force_lines: print plain lines even on a terminal (tests).
     """
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else quiet.user_stderr()
     if not force_lines and out.isatty():
         from rich.console import Console
         from rich.progress import (

@@ -638,7 +638,8 @@ def _choose_and_write(
         shutil.rmtree(out_dir / CANDIDATES_DIR, ignore_errors=True)
     report.card = card
     report.seconds = time.perf_counter() - started
-    say(f"chose {chosen}; triage threshold {threshold} for {config.target_precision:.0%} precision")
+    shown = "none" if threshold is None else f"{threshold:.3f}"
+    say(f"chose {chosen}; triage threshold {shown} for {config.target_precision:.0%} precision")
     log.info(
         "expert_recipe_finished", chosen=chosen, out_dir=str(out_dir), latency_s=report.seconds
     )

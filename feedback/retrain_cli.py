@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from expert import quiet
+
 if TYPE_CHECKING:
     from expert.recipe import RecipeConfig
+    from feedback.retrain import RetrainOutcome
     from schemas.feedback import LabeledTicket
 
-console = Console(stderr=True)
 DEFAULT_STORE = Path(".state/feedback/decisions.sqlite3")
 
 
@@ -118,65 +120,73 @@ def retrain(
         Path | None, typer.Option(help="Taxonomy YAML (default: the worker's).")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Judge and report; never promote.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=quiet.VERBOSE_HELP)] = False,
 ) -> None:
     """Build a challenger from the champion's training data plus the desk's feedback, score
     both on the same recent feedback, and promote it only when it is better by the margins."""
-    from pydantic import ValidationError
+    with quiet.library_output("expert-retrain", verbose=verbose):
+        from pydantic import ValidationError
 
-    from expert.build import BuildError
-    from expert.progress import progress
-    from expert.recipe import Preset
-    from expert.registry import RegistryError
-    from expert.serving import ExpertLoadError
-    from feedback.decision_log import DecisionLogError
-    from feedback.promotion import PromotionPolicy
-    from feedback.retrain import (
-        REPORT_MARKDOWN,
-        Holdout,
-        RetrainDataError,
-        RetrainError,
-        RetrainRequest,
-    )
-    from feedback.retrain import retrain as run_retrain
-    from schemas.taxonomy import Taxonomy, TaxonomyError
-    from worker.config import load_settings
+        from expert.build import BuildError
+        from expert.progress import progress
+        from expert.recipe import Preset
+        from expert.registry import RegistryError
+        from expert.serving import ExpertLoadError
+        from feedback.decision_log import DecisionLogError
+        from feedback.promotion import PromotionPolicy
+        from feedback.retrain import (
+            Holdout,
+            RetrainDataError,
+            RetrainError,
+            RetrainRequest,
+        )
+        from feedback.retrain import retrain as run_retrain
+        from schemas.taxonomy import Taxonomy, TaxonomyError
+        from worker.config import load_settings
 
-    try:
-        settings = load_settings()
-        request = RetrainRequest(
-            registry_dir=registry,
-            taxonomy_labels=Taxonomy.load(taxonomy or settings.taxonomy_path).labels,
-            work_dir=work_dir,
-            recipe=_recipe(config, Preset(preset).value, budget_minutes),
-            holdout=Holdout(
-                share=holdout_share,
-                window=timedelta(hours=holdout_hours) if holdout_hours else None,
-                min_rows=min_eval_rows,
-            ),
-            policy=PromotionPolicy(
-                min_accuracy_gain=min_accuracy_gain, max_macro_f1_drop=max_macro_f1_drop
-            ),
-            engine=settings.engine,
-            original_data=original_data,
-            feedback_weight=feedback_weight,
-            dry_run=dry_run,
-        )
-    except (ValidationError, TaxonomyError, ValueError, OSError) as exc:
-        console.print(f"[red]invalid options:[/] {exc}")
-        raise typer.Exit(2) from exc
-    try:
-        outcome = run_retrain(
-            request,
-            _labeled(store, labels),
-            on_event=lambda message: console.print(f"retrain: {message}"),
-            progress_for=lambda label: progress(f"challenger: {label}"),
-        )
-    except (RetrainError, RetrainDataError, RegistryError, BuildError, DecisionLogError) as exc:
-        console.print(f"[red]retrain:[/] {exc}")
-        raise typer.Exit(2) from exc
-    except ExpertLoadError as exc:
-        console.print(f"[red]retrain: an expert could not be served:[/] {exc}")
-        raise typer.Exit(4) from exc
+        console = Console(file=quiet.user_stderr())
+        try:
+            settings = load_settings()
+            request = RetrainRequest(
+                registry_dir=registry,
+                taxonomy_labels=Taxonomy.load(taxonomy or settings.taxonomy_path).labels,
+                work_dir=work_dir,
+                recipe=_recipe(config, Preset(preset).value, budget_minutes),
+                holdout=Holdout(
+                    share=holdout_share,
+                    window=timedelta(hours=holdout_hours) if holdout_hours else None,
+                    min_rows=min_eval_rows,
+                ),
+                policy=PromotionPolicy(
+                    min_accuracy_gain=min_accuracy_gain, max_macro_f1_drop=max_macro_f1_drop
+                ),
+                engine=settings.engine,
+                original_data=original_data,
+                feedback_weight=feedback_weight,
+                dry_run=dry_run,
+            )
+        except (ValidationError, TaxonomyError, ValueError, OSError) as exc:
+            console.print(f"[red]invalid options:[/] {exc}")
+            raise typer.Exit(2) from exc
+        try:
+            outcome = run_retrain(
+                request,
+                _labeled(store, labels),
+                on_event=lambda message: console.print(f"retrain: {message}"),
+                progress_for=lambda label: progress(f"challenger: {label}"),
+            )
+        except (RetrainError, RetrainDataError, RegistryError, BuildError, DecisionLogError) as exc:
+            console.print(f"[red]retrain:[/] {exc}")
+            raise typer.Exit(2) from exc
+        except ExpertLoadError as exc:
+            console.print(f"[red]retrain: an expert could not be served:[/] {exc}")
+            raise typer.Exit(4) from exc
+        _print_outcome(outcome)
+
+
+def _print_outcome(outcome: RetrainOutcome) -> None:
+    from feedback.retrain import REPORT_MARKDOWN
+
     report = outcome.report
     verdict = (
         f"[green]promoted[/] {report.promoted_version}"

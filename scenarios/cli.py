@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from bench import cli as bench_cli
+from expert import quiet
 from loadgen.cli import FORMATS, Dir, Seed, Volume
 from loadgen.cli import app as loadgen_app
 from scenarios.drift import drift_command
@@ -61,8 +62,9 @@ def demo(
         float, typer.Option(min=1, help="Drain ends after this long without router progress.")
     ] = 60.0,
     corpus_n: Annotated[int, typer.Option(help="Generated corpus size.")] = 2000,
-    seed: Seed = 0,
     desk: bench_cli.DeskOpt = None,
+    seed: Seed = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=quiet.VERBOSE_HELP)] = False,
 ) -> None:
     """Broker + expert + worker, a capacity probe, the busiest hours of a 100k-ticket day
     compressed only as far as the router keeps up, then collect + MTTR + report.
@@ -71,24 +73,25 @@ def demo(
     """
     from scenarios.demo import DemoOptions, run_demo
 
+    bench_cli.load_desk(desk)  # a bad desk file fails now, not after the replay
     if fmt not in FORMATS:
         raise typer.BadParameter(f"--format must be one of {FORMATS}")
-    bench_cli.load_desk(desk)  # a bad desk file fails now, not after the replay
-    code = run_demo(
-        DemoOptions(
-            out_dir=out_dir,
-            port=port,
-            model=model,
-            fmt=fmt,
-            volume=volume,
-            corpus_n=corpus_n,
-            seed=seed,
-            budget_s=budget_min * 60,
-            replay_s=replay_min * 60 if replay_min else None,
-            headroom=headroom,
-            stall_s=stall_s,
-            desk=desk,
-        )
+    options = DemoOptions(
+        out_dir=out_dir,
+        port=port,
+        model=model,
+        fmt=fmt,
+        volume=volume,
+        corpus_n=corpus_n,
+        seed=seed,
+        budget_s=budget_min * 60,
+        replay_s=replay_min * 60 if replay_min else None,
+        headroom=headroom,
+        desk=desk,
+        stall_s=stall_s,
     )
+    # The worker child writes its own log (<dir>/worker.log); this is the demo's process.
+    with quiet.library_output("demo", verbose=verbose):
+        code = run_demo(options)
     if code:
         raise typer.Exit(code)

@@ -328,7 +328,8 @@ def _day(opts: DemoOptions) -> _Day:
 
 
 def _probe(run: _Run, *, bootstrap: str, taxonomy: Taxonomy, day: _Day) -> ProbeResult:
-    from bench.capacity import RampPlan, Slo, step_line
+    from bench.capacity_ramp import RampPlan, Slo
+    from bench.capacity_report import step_line
     from bench.probe import ProbeTarget, run_probe
     from loadgen import steps
     from loadgen.itsm_formats import PayloadFormat

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.capacity import (
-    CapacityRun,
+from bench.capacity import CapacityRun, run_capacity
+from bench.capacity_ramp import (
     Phase,
     RampPlan,
     Slo,
@@ -19,12 +19,11 @@ from bench.capacity import (
     StepObservation,
     judge,
     next_rate,
-    plot,
-    run_capacity,
     step_figures,
     summarise,
     to_json,
 )
+from bench.capacity_report import plot
 from scenarios.cli import loadgen_app as app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -248,7 +248,7 @@ def _collect_blind(
 async def test_probe_finds_the_slow_routers_capacity_between_its_steps(
     bootstrap: str, slow_router: SlowRouter
 ) -> None:
-    from bench.capacity import RampPlan, Slo
+    from bench.capacity_ramp import RampPlan, Slo
     from bench.probe import ProbeTarget, run_probe
 
     tax = slow_router.taxonomy

@@ -12,13 +12,12 @@ expert folder with the same prompt and label-probability code as the worker's
 `StreamingExpert`, but starts in a few seconds (no engine-core child process to spawn and
 connect, which costs AsyncLLM 10-16 s here) and answers a whole `--file` in batches.
 Continuous batching and the worker's deadline do not apply to a command that waits for
-its answers.
+its answers. The engine's start-up output goes to a log file (`expert.quiet`), or to stderr
+with --verbose: stdout carries only the results.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
+from expert import quiet
 from expert.card import CARD_FILENAME, ExpertCard
 from expert.engine import BatchExpert
 from expert.registry import Registry, RegistryError, versioned_model_id
@@ -354,7 +354,7 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(message, err=True)
+    typer.echo(message, file=quiet.user_stderr())
     return typer.Exit(code)
 
 
@@ -389,24 +389,12 @@ def _inputs(
     yield item_from_payload(raw, where="stdin", source_format=source_format)
 
 
-@contextlib.contextmanager
-def _engine_output(*, verbose: bool) -> Iterator[io.StringIO]:
-    """Where vLLM's start-up output goes: a buffer (shown only if the start fails), or
-    stderr with --verbose; never stdout, which carries the results. vLLM's log handler
-    binds the stdout of the moment it is imported, so this holds for the whole run."""
-    buffer = io.StringIO()
-    target: Any = sys.stderr if verbose else buffer
-    with contextlib.redirect_stdout(target), contextlib.redirect_stderr(target):
-        yield buffer
-
-
 class _Router:
     """Starts the engine on the first ticket that needs it; stops it at the end."""
 
-    def __init__(self, *, settings: Any, taxonomy: Taxonomy, verbose: bool) -> None:
+    def __init__(self, *, settings: Any, taxonomy: Taxonomy) -> None:
         self.settings = settings
         self.taxonomy = taxonomy
-        self.verbose = verbose
         self.engine: BatchExpert | None = None
         self.version: ExpertVersion | None = None
         self.threshold = threshold_in_force(settings.routing.confidence_threshold, None)
@@ -421,17 +409,12 @@ class _Router:
         config, registry_version = _served_config(self.settings.engine)
         engine = BatchExpert(config)
         started = time.perf_counter()
-        failure: ExpertLoadError | None = None
-        with _engine_output(verbose=self.verbose) as engine_log:
-            try:
-                engine.start()
-                self.engine = engine
-                check_labels(engine.card, self.taxonomy.labels)
-            except ExpertLoadError as exc:
-                failure = exc
-        if failure is not None:
-            sys.stderr.write(engine_log.getvalue())
-            raise _fail(f"expert failed to load: {failure}", 4) from failure
+        try:
+            engine.start()
+            self.engine = engine
+            check_labels(engine.card, self.taxonomy.labels)
+        except ExpertLoadError as exc:
+            raise _fail(f"expert failed to load: {exc}", 4) from exc
         self.start_s = time.perf_counter() - started
         self.version = expert_version(config, engine.card)
         if registry_version is not None:
@@ -458,7 +441,7 @@ class _Router:
                 if self.threshold.per_queue
                 else ")"
             ),
-            err=True,
+            file=quiet.user_stderr(),
         )
         return engine, self.version
 
@@ -559,24 +542,28 @@ def route(
         SourceSystem | None,
         typer.Option("--format", help="The payloads' format (default: the worker's, detected)."),
     ] = None,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show vLLM's start-up log on stderr.")
-    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=quiet.VERBOSE_HELP)] = False,
 ) -> None:
     """Route tickets as the worker would, without a broker: queue, confidence, top three,
     triage or not, expert version. Exit 1 when a payload would be dead-lettered."""
     from worker.logs import configure_logging
 
     settings, tax = _settings(config=config, model=model, taxonomy=taxonomy, threshold=threshold)
-    configure_logging(level="WARNING", fmt=settings.log_format)
     fmt = source_format or (
         SourceSystem(settings.kafka.source_format) if settings.kafka.source_format else None
     )
-    router = _Router(settings=settings, taxonomy=tax, verbose=verbose)
+    # Results go to stdout; the engine's start-up output to the log (stderr with --verbose).
+    with quiet.library_output("route", verbose=verbose):
+        configure_logging(level="WARNING", fmt=settings.log_format)
+        _route(_inputs(text, file, fmt), settings=settings, taxonomy=tax, as_json=as_json)
+
+
+def _route(items: Iterable[Item], *, settings: Any, taxonomy: Taxonomy, as_json: bool) -> None:
+    router = _Router(settings=settings, taxonomy=taxonomy)
     counts = {"routed": 0, "triage": 0, DEAD_LETTER: 0}
     deciding_s = 0.0
     try:
-        for batch in _batches(_inputs(text, file, fmt), BATCH_SIZE):
+        for batch in _batches(items, BATCH_SIZE):
             started = time.perf_counter()
             outcomes = router.decide(batch)
             deciding_s += time.perf_counter() - started
@@ -585,7 +572,8 @@ def route(
                 if as_json:
                     typer.echo(json.dumps(outcome.as_json(), ensure_ascii=False))
                 else:
-                    typer.echo(outcome.render(), err=outcome.disposition == DEAD_LETTER)
+                    dead = outcome.disposition == DEAD_LETTER
+                    typer.echo(outcome.render(), file=quiet.user_stderr() if dead else None)
     finally:
         router.close()
     decided = counts["routed"] + counts["triage"]
@@ -599,7 +587,7 @@ def route(
     typer.echo(
         f"{counts['routed']} routed, {counts['triage']} to triage, "
         f"{counts[DEAD_LETTER]} dead-lettered{timing}",
-        err=True,
+        file=quiet.user_stderr(),
     )
     if counts[DEAD_LETTER]:
         raise typer.Exit(1)
