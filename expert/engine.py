@@ -28,6 +28,7 @@ import structlog
 
 from expert import bases
 from expert.card import CARD_FILENAME, ExpertCard
+from expert.fields import expert_input
 from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
 from expert.lexical import LexicalError, LexicalModel, lexical_dir
 from expert.prompt import classifier_token_ids, prompt_token_ids
@@ -42,6 +43,7 @@ from expert.serving import (
     label_probabilities,
     load_card,
 )
+from schemas.ticket import Ticket
 
 log = structlog.get_logger(__name__)
 
@@ -200,6 +202,10 @@ class _Loaded:
                 f"{self.expert_dir}: the lexical model's labels differ from the card's"
             )
         return lexical
+
+    def input_of(self, ticket: Ticket | str) -> str:
+        """What the expert reads for `ticket`; a string is an expert input already."""
+        return ticket if isinstance(ticket, str) else expert_input(ticket, self.card.inputs)
 
     def lexical_scores(self, texts: Sequence[str]) -> Any:
         """The lexical model's decision values for `texts` (None: the card fuses none)."""
@@ -458,11 +464,13 @@ class StreamingExpert(_ServedIdentity):
             latency_s=round(time.perf_counter() - started, 3),
         )
 
-    async def classify(self, text: str, *, request_id: str) -> Prediction:
-        """Classify one ticket text.
+    async def classify(self, ticket: Ticket | str, *, request_id: str) -> Prediction:
+        """Classify one ticket.
 
         Args:
-            text: `Ticket.text()`; cut to the card's prompt limit, never rejected.
+            ticket: the ticket (read as the card says: `expert.fields.expert_input`), or an
+                expert input already made (a text expert's is `Ticket.text()`); cut to the
+                card's prompt limit, never rejected.
             request_id: unique per in-flight request.
 
         Raises:
@@ -475,6 +483,7 @@ class StreamingExpert(_ServedIdentity):
         engine = self._engine
         if engine is None or engine.errored:
             raise EngineFailure("the engine is not running")
+        text = loaded.input_of(ticket)
         prompt = loaded.prompt(text)
         started = time.perf_counter()
         lexical = self._lexical.submit(text) if self._lexical is not None else None
@@ -570,8 +579,9 @@ class BatchExpert(_ServedIdentity):
             latency_s=round(time.perf_counter() - started, 3),
         )
 
-    def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """Classify many ticket texts in one offline batch.
+    def classify_batch(self, tickets: Sequence[Ticket | str]) -> list[Prediction]:
+        """Classify many tickets (or expert inputs, as `StreamingExpert.classify` takes
+        them) in one offline batch.
 
         `latency_s` of each prediction is the whole batch's wall time (all are submitted
         together and answered by the end).
@@ -581,9 +591,10 @@ class BatchExpert(_ServedIdentity):
         """
         if self._loaded is None or self._llm is None:
             raise EngineFailure("the expert is not started")
-        if not texts:
+        if not tickets:
             return []
         loaded = self._loaded
+        texts = [loaded.input_of(ticket) for ticket in tickets]
         prompts = [loaded.prompt(text) for text in texts]
         started = time.perf_counter()
         lexical = loaded.lexical_scores(texts)
