@@ -364,3 +364,42 @@ def test_prepare_incidents_keeps_the_first_events_fields_and_the_last_events_gro
     ]
     assert (done.events, done.incidents, done.dropped, done.groups) == (4, 2, 1, 2)
     assert done.first_equals_final == 0.5
+
+
+def test_retraining_a_fields_expert_is_refused_not_built_reading_less(tmp_path: Path) -> None:
+    from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, TrainingInfo
+    from expert.registry import Registry
+    from feedback.retrain import RetrainError, champion_of
+
+    training = TrainingInfo(
+        data_path="incidents.csv",
+        data_sha256="0" * 64,
+        text_col="",
+        label_col="assignment_group",
+        split_seed=0,
+        test_fraction=0.2,
+        train_examples=10,
+        test_examples=2,
+        epochs=1,
+        parameters=1,
+        total_parameters=1,
+        build_time_s=1.0,
+        final_loss=1.0,
+    )
+    folder = tmp_path / "built"
+    folder.mkdir()
+    card = ExpertCard(
+        kind="classifier",
+        model_id="fields",
+        labels=("a", "b"),
+        prompt_template=CLASSIFIER_TEMPLATE,
+        max_prompt_tokens=64,
+        training=training,
+        inputs=InputSpec(fields=parse_fields("category"), reads_text=False),
+    )
+    (folder / CARD_FILENAME).write_text(card.to_json())
+    registry = Registry(tmp_path / "registry")
+    registry.add(folder, version="v1")
+    registry.promote("v1", reason="first")
+    with pytest.raises(RetrainError, match="category"):
+        champion_of(registry)
