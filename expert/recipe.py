@@ -382,7 +382,7 @@ def build(
             tickets_per_s=None,
         )
     )
-    say(f"lexical model fitted in {lexical.fit_time_s:.1f} s ({lexical.features} n-grams)")
+    say(f"lexical model fitted in {lexical.fit_time_s:.1f} s ({lexical.features} features)")
     work = Path(out_dir) / CANDIDATES_DIR
     shutil.rmtree(work, ignore_errors=True)
     outcomes: list[CandidateOutcome] = []
