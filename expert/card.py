@@ -11,6 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from expert.fields import InputSpec
 from expert.prompt import DEFAULT_TEMPLATE, validate_template
 from expert.thresholds import QueueCalibration
 
@@ -41,7 +42,8 @@ class TrainingInfo(BaseModel):
     Attributes:
         data_path: the training file as given on the command line.
         data_sha256: digest of that file, so eval can tell it is scoring the same data.
-        text_col: the text field (CSV column or JSONL key).
+        text_col: the text field (CSV column or JSONL key); "" when the data had none
+            (an expert reading fields only).
         label_col: the label field.
         split_seed: seed of the random train/test split.
         test_fraction: share of examples held out (never trained on).
@@ -241,6 +243,8 @@ class ExpertCard(BaseModel):
             (the worker then uses its configured threshold, default 0.5).
         fusion: how the neural answer is combined with the lexical model's (and calibrated);
             None: the neural model's probabilities are served as they are.
+        inputs: the structured fields the expert reads beside (or instead of) the ticket
+            text (`expert.fields`); cards without it read the text alone.
         created_at: when the card was written.
         similar: the similar-ticket index the folder holds; None: none (older experts).
     """
@@ -260,6 +264,7 @@ class ExpertCard(BaseModel):
     training: TrainingInfo | None = None
     routing: RoutingCalibration | None = None
     fusion: FusionInfo | None = None
+    inputs: InputSpec = InputSpec()
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     similar: SimilarInfo | None = None
 

@@ -119,6 +119,18 @@ def build(
     precision: Annotated[str, typer.Option(help="auto, bfloat16 or float32.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
     verbose: VerboseOpt = False,
+    fields: Annotated[
+        str | None,
+        typer.Option(
+            help="Structured fields the expert reads: comma-separated COLUMN or "
+            "COLUMN=ADDRESS (ADDRESS on the served Ticket: priority, impact, urgency, source, "
+            "requester, category_hints, custom_fields.<key>; a bare COLUMN is the Ticket "
+            "field of that name, else custom_fields.COLUMN)."
+        ),
+    ] = None,
+    no_text: Annotated[
+        bool, typer.Option("--no-text", help="The data has no text: read the --fields only.")
+    ] = False,
 ) -> None:
     """Train an expert from labeled tickets (JSONL or CSV), choose and calibrate it on
     validation rows, and print how each candidate did."""
@@ -129,6 +141,7 @@ def build(
         from expert import hardware
         from expert.build import BuildError
         from expert.dataset import DatasetError
+        from expert.fields import FieldError, InputSpec, parse_fields
         from expert.progress import progress
         from expert.recipe import RecipeConfig
         from expert.recipe import build as build_recipe
@@ -146,6 +159,11 @@ def build(
                     "model_id": model_id,
                     "precision": precision,
                     "num_threads": threads,
+                    "inputs": InputSpec(
+                        fields=parse_fields(fields) if fields else (), reads_text=not no_text
+                    )
+                    if fields or no_text
+                    else None,
                 },
                 base=base,
                 merge=merge,
@@ -153,7 +171,7 @@ def build(
             labels = None
             if taxonomy is not None:
                 labels = Taxonomy.load(None if taxonomy == "default" else taxonomy).labels
-        except (ValidationError, TaxonomyError, OSError) as exc:
+        except (ValidationError, TaxonomyError, FieldError, OSError) as exc:
             console.print(f"[red]{exc}[/]")
             raise typer.Exit(2) from exc
         assert isinstance(config, RecipeConfig)
@@ -162,7 +180,7 @@ def build(
             report = build_recipe(
                 data,
                 out,
-                text_col=text_col or "text",
+                text_col=None if no_text else (text_col or "text"),
                 label_col=label_col or "label",
                 config=config,
                 taxonomy_labels=labels,
@@ -417,4 +435,33 @@ def _routing_summary(routing: object) -> str:
         f"per-queue thresholds route {routing.queue_validation_coverage or 0:.1%} at precision "
         f"{routing.queue_validation_precision or 0:.3f} ({sources.count('queue')} queues own, "
         f"{sources.count('global')} global fallback, {sources.count('unreachable')} unreachable)"
+    )
+
+
+@app.command("prepare-incidents")
+def prepare_incidents_command(
+    data: Annotated[Path, typer.Option("--data", help="Incident event log (CSV).")],
+    out: Annotated[Path, typer.Option("--out", help="One row per incident (CSV).")],
+    fields: Annotated[
+        str | None,
+        typer.Option(help="Opening fields to keep (comma-separated; default: the usual ten)."),
+    ] = None,
+) -> None:
+    """Turn a ServiceNow incident event log into build data: per incident, the first
+    event's fields and the last event's assignment group (the label)."""
+    from rich.console import Console
+
+    from expert.incidents import OPENING_FIELDS, IncidentLogError, prepare
+
+    console = Console()
+    chosen = tuple(f.strip() for f in fields.split(",")) if fields else OPENING_FIELDS
+    try:
+        done = prepare(data, out, fields=chosen)
+    except IncidentLogError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"[green]wrote[/] {out}: {done.incidents} incidents from {done.events} events "
+        f"({done.dropped} without a final group left out), {done.groups} groups, majority "
+        f"{done.majority_share:.1%}, first group = final for {done.first_equals_final:.1%}"
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expert.fields import InputSpec, row_input
 from schemas.email_text import strip_email_noise
 
 DEFAULT_SPLIT_SEED = 0
@@ -51,13 +52,22 @@ class Split:
     test_fraction: float
 
 
-def read_examples(path: Path, *, text_col: str = "text", label_col: str = "label") -> Examples:
+def read_examples(
+    path: Path,
+    *,
+    text_col: str | None = "text",
+    label_col: str = "label",
+    inputs: InputSpec | None = None,
+) -> Examples:
     """Read labeled examples from JSONL (one object per line) or CSV (with a header).
 
     Rows with an empty label are skipped; an empty text is kept (real exports have them,
     and the reference split counts them). Texts go through the same email cleaning the
     worker applies (`schemas.email_text.strip_email_noise`: quoted replies, signatures,
-    disclaimers), so experts train and are scored on what they will be served.
+    disclaimers), so experts train and are scored on what they will be served. With
+    `inputs` naming fields, each example's text is the expert input (`expert.fields`:
+    the fields' lines, then the text); with `text_col` None the rows have no text (the
+    expert reads fields only).
 
     Raises:
         DatasetError: missing file, bad line, or missing fields.
@@ -65,23 +75,34 @@ def read_examples(path: Path, *, text_col: str = "text", label_col: str = "label
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: data file does not exist")
+    inputs = inputs or InputSpec()
+    if text_col is None and inputs.reads_text:
+        raise DatasetError("no text column: name the fields to read instead (--fields)")
     rows = _read_csv(path) if path.suffix.lower() == ".csv" else _read_jsonl(path)
     texts: list[str] = []
     labels: list[str] = []
     for number, row in enumerate(rows, start=1):
-        if text_col not in row or label_col not in row:
+        if (text_col is not None and text_col not in row) or label_col not in row:
             raise DatasetError(
                 f"{path}: record {number} has no {text_col!r} or {label_col!r} field "
                 f"(fields: {sorted(row)}); pass --text-col/--label-col"
             )
-        text, label = str(row[text_col] or "").strip(), str(row[label_col] or "").strip()
-        text = strip_email_noise(text)
+        label = str(row[label_col] or "").strip()
+        text = "" if text_col is None else strip_email_noise(str(row[text_col] or "").strip())
         if label:
-            texts.append(text)
+            texts.append(row_input(row, inputs, text=text))
             labels.append(label)
     if not labels:
         raise DatasetError(f"{path}: no labeled records")
+    _check_fields_present(path, rows, inputs)
     return Examples(texts, labels)
+
+
+def _check_fields_present(path: Path, rows: list[dict[str, object]], inputs: InputSpec) -> None:
+    """A named field that no row carries is a typo, not a field that is always missing."""
+    for column in inputs.columns:
+        if not any(column in row for row in rows):
+            raise DatasetError(f"{path}: no record has the field {column!r} (--fields)")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:

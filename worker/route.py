@@ -3,9 +3,10 @@
 Owns reading tickets for the command (a text typed on the command line, a JSONL file of ITSM
 payloads, one payload on stdin), asking the expert, and printing the decision the worker
 would take. Everything that decides is the worker's own: `schemas.parse` (the same
-dead-letter reasons), `Ticket.text()` (the same expert text), the worker's `Settings`
-(env vars and `--config` apply as for the worker) and `worker.decide.destination` at
-`effective_threshold`. It reads and writes no Kafka topic and changes no offset.
+dead-letter reasons), the engine's `expert.fields.expert_input` (the same expert input),
+the worker's `Settings` (env vars and `--config` apply as for the worker) and
+`worker.decide.destination` at `effective_threshold`. It reads and writes no Kafka topic and
+changes no offset.
 
 Engine: `expert.engine.BatchExpert`, the in-process offline vLLM engine. It serves the same
 expert folder with the same prompt and label-probability code as the worker's
@@ -57,7 +58,7 @@ class BatchEngine(Protocol):
     @property
     def card(self) -> ExpertCard: ...
 
-    def classify_batch(self, texts: Sequence[str]) -> list[Prediction]: ...
+    def classify_batch(self, tickets: Sequence[Ticket | str]) -> list[Prediction]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +313,7 @@ def route_items(
         EngineFailure: the engine is not started or answered too few.
     """
     tickets = [item.ticket for item in items if item.ticket is not None]
-    predictions = iter(engine.classify_batch([t.text() for t in tickets]) if tickets else [])
+    predictions = iter(engine.classify_batch(tickets) if tickets else [])
     outcomes = []
     for item in items:
         if item.ticket is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from expert.serving import Prediction
+from schemas.ticket import Ticket
 from worker.kafka_io import TP, InboundRecord
 
 
@@ -34,7 +35,9 @@ class Engine(Protocol):
         """The card's per-queue thresholds (empty: the recommended one for every queue)."""
         ...
 
-    async def classify(self, text: str, *, request_id: str) -> Prediction: ...
+    async def classify(self, ticket: Ticket | str, *, request_id: str) -> Prediction:
+        """The expert's answer for a ticket (read as its card says) or an expert input."""
+        ...
 
     def load(self) -> tuple[int, int]: ...
 

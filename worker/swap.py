@@ -34,6 +34,7 @@ from expert.serving import (
     check_labels,
     load_card,
 )
+from schemas.ticket import Ticket
 from worker.config import EngineSettings
 from worker.engine_thread import EngineThread
 from worker.errors import FatalError
@@ -210,7 +211,7 @@ class SwappableExpert:
     def recommended_queue_thresholds(self) -> Mapping[str, float]:
         return self._require_active().recommended_queue_thresholds
 
-    async def classify(self, text: str, *, request_id: str) -> VersionedPrediction:
+    async def classify(self, ticket: Ticket | str, *, request_id: str) -> VersionedPrediction:
         """Classify on the version serving now; the answer names that version.
 
         Raises:
@@ -221,7 +222,7 @@ class SwappableExpert:
         served.in_flight += 1
         served.idle.clear()
         try:
-            prediction = await served.engine.classify(text, request_id=request_id)
+            prediction = await served.engine.classify(ticket, request_id=request_id)
         finally:
             served.in_flight -= 1
             if served.in_flight == 0:

@@ -11,7 +11,9 @@ category_hints = issue type, components, labels; priority per `schemas.itsm.norm
 (an unknown priority name maps to None and is kept as `custom_fields["priority.name"]`).
 Unknown keys of `fields` go to `custom_fields` unchanged (`customfield_10010`, `status`,
 ...); unknown keys of `issue` and of the envelope go there as `issue.<key>` and
-`webhook.<key>`, and the event name as `webhookEvent`.
+`webhook.<key>`, and the event name as `webhookEvent`. The issue type and the component
+names are also kept as `custom_fields["issuetype"]` / `["components"]`, so that an expert
+can read them as fields.
 """
 
 from __future__ import annotations
@@ -230,6 +232,11 @@ class JiraWebhook(BaseModel):
                 custom["priority.name"] = fields.priority.name
         hints = [fields.issuetype.name if fields.issuetype else None]
         hints += [component.name for component in fields.components]
+        # Also kept by name, so that an expert can read them as fields.
+        if fields.issuetype is not None:
+            custom.setdefault("issuetype", fields.issuetype.name)
+        if fields.components:
+            custom.setdefault("components", [component.name for component in fields.components])
         hints += fields.labels
         return Ticket(
             id=self.issue.key,

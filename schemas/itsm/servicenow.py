@@ -10,7 +10,8 @@ Mapping: id = `number` (or `sys_id` when a connector drops the number), subject 
 `short_description`, body = `description`, requester = caller's display value (else its
 sys_id), created_at = `opened_at` (else `sys_created_on`), category_hints = `category`,
 `subcategory`, assignment group; priority/impact/urgency per `schemas.itsm.normalise`.
-Every other field, and `sys_id`, goes to `custom_fields` unchanged.
+Every other field, and `sys_id`, goes to `custom_fields` unchanged; `category` and
+`subcategory` are also kept there by name, so that an expert can read them as fields.
 """
 
 from __future__ import annotations
@@ -167,6 +168,9 @@ class ServiceNowIncident(BaseModel):
         custom: dict[str, JsonValue] = dict(self.model_extra or {})
         if self.sys_id:
             custom["sys_id"] = self.sys_id
+        for name, value in (("category", self.category), ("subcategory", self.subcategory)):
+            if value is not None:
+                custom.setdefault(name, value)
         group = self.assignment_group.label() if self.assignment_group else None
         return Ticket(
             id=self.number,

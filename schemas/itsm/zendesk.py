@@ -10,7 +10,8 @@ line), body = `description`, requester = `requester.email`/`requester.name` when
 sends them, else `requester_id`, created_at = `created_at`, category_hints = `type`, then
 `tags`; priority per `schemas.itsm.normalise`. Other keys of the ticket go to
 `custom_fields` unchanged (including Zendesk's own `custom_fields` list); other keys of the
-envelope go there as `webhook.<key>`.
+envelope go there as `webhook.<key>`. `type` is also kept there by name, so that an expert
+can read it as a field.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class ZendeskTicket(BaseModel):
             f"webhook.{key}": value for key, value in (envelope_extra or {}).items()
         }
         custom.update(self.model_extra or {})
+        if self.ticket_type is not None:  # also kept by name: an expert may read it as a field
+            custom.setdefault("type", self.ticket_type)
         return Ticket(
             id=self.id,
             source=SourceSystem.ZENDESK,
