@@ -1,5 +1,7 @@
 # Two commands matter:  `make demo` (set up, then run the main job on the embedded default)
 # and `make test` (set up, then run the whole test suite; .ci/run calls exactly this).
+# `make test-fast` is the inner loop: the unit tests only (no broker, vLLM, child process or
+# trained model; tests/unit_only.py fails the run if one starts a real part anyway).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,7 @@ BIN := $(VENV)/bin
 # (or PIP_FIND_LINKS at a folder holding the wheel) when your machine does not already have it.
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup tools test demo lint clean
+.PHONY: setup tools test test-fast demo lint clean
 setup: $(VENV)/.setup-done
 
 # Test-only system tools: promtool/prometheus (alert rules, a real scrape) from Debian.
@@ -26,6 +28,9 @@ $(VENV)/.setup-done: pyproject.toml requirements-cpu.lock
 
 test: setup tools
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	ROUTER_TESTS_UNIT_ONLY=1 $(BIN)/python -m pytest -m "not integration and not slow and not chaos"
 
 demo: setup
 	$(BIN)/ticket-router demo

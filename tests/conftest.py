@@ -1,6 +1,12 @@
 """Shared fixtures: the real Kafka-protocol broker (Tansu) and unique names per test.
 
 Expert fixtures (a tiny expert built in seconds) live in tests/expert_fixtures.py.
+
+Every test that uses a real part is marked `integration`: the tests asking for the broker
+or a vLLM engine fixture are marked here, and those that start a broker, a worker or another
+child process themselves carry the mark. Tests asking for a tiny expert trained with torch
+are marked `slow` here. `make test-fast` runs the rest, and tests/unit_only.py makes a real
+part started there anyway fail the run.
 """
 
 from __future__ import annotations
@@ -18,8 +24,36 @@ from worker.broker import EmbeddedBroker, free_port
 
 logs.CACHE_LOGGERS = False
 
+pytest_plugins = ["tests.unit_only"]
 if importlib.util.find_spec("tests.expert_fixtures") is not None:
-    pytest_plugins = ["tests.expert_fixtures"]
+    pytest_plugins.append("tests.expert_fixtures")
+
+# Fixtures that bring up a real part (their dependants, `bootstrap` included, inherit them;
+# the fused recipe scores its candidates in vLLM).
+REAL_PART_FIXTURES = frozenset(
+    {
+        "broker",
+        "batch_expert",
+        "streaming_expert",
+        "batch_classifier",
+        "streaming_classifier",
+        "tiny_fused_dir",
+    }
+)
+# Fixtures that train a tiny model with torch: seconds to a minute each.
+TRAINED_MODEL_FIXTURES = frozenset(
+    {"tiny_expert_dir", "tiny_lora_dir", "tiny_encoder_base", "tiny_classifier_dir"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if REAL_PART_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+        if TRAINED_MODEL_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -427,6 +427,7 @@ def faults(
 
 
 @pytest.mark.chaos
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_five_sigkills_during_replay_lose_nothing_at_least_once(replays: tuple[Any, Any]) -> None:
@@ -442,6 +443,7 @@ def test_five_sigkills_during_replay_lose_nothing_at_least_once(replays: tuple[A
 
 
 @pytest.mark.chaos
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
@@ -460,6 +462,7 @@ def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
 
 
 @pytest.mark.chaos
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_killed_engine_core_crashes_worker_without_committing_unrouted_tickets(
@@ -480,6 +483,7 @@ def test_killed_engine_core_crashes_worker_without_committing_unrouted_tickets(
 
 
 @pytest.mark.chaos
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_broker_frozen_for_20s_worker_retries_resumes_and_loses_nothing(
@@ -516,6 +520,7 @@ class _Listener:
 
 
 @pytest.mark.chaos
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 async def test_partitions_lost_while_paused_fetch_again_once_reassigned(tmp_path: Path) -> None:
     """The worker's backpressure through a broker outage, at the Source: partitions are

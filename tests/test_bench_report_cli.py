@@ -138,6 +138,7 @@ def test_report_writes_markdown_json_and_figures(tmp_path: Path) -> None:
     assert [r["name"] for r in headline["mttr"]] == ["this router", "manual dispatch"]
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_cli_module_imports_no_heavy_library() -> None:
     code = (
         "import sys, loadgen.cli; "

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.worker_bench import CpuMeter
 
 # Burns 0.3 s of CPU when told to, then says so and waits to be released.
@@ -21,6 +23,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.integration  # a child process
 def test_cpu_meter_charges_this_process_and_its_children_apart() -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True

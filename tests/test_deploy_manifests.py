@@ -115,6 +115,7 @@ def duration_s(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+@pytest.mark.integration  # runs check-jsonschema
 def test_compose_file_matches_the_compose_specification() -> None:
     tool = require_tool("check-jsonschema", install="add check-jsonschema to the lock file")
     result = subprocess.run(
@@ -192,8 +193,14 @@ def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
 
 # --- Kubernetes: render --------------------------------------------------------------------
 
+RENDERED = ["base", "overlays/example"]
 
-@pytest.fixture(scope="module", params=["base", "overlays/example"])
+
+# Rendering runs kustomize (or kubectl): every test of a rendered tree is an integration test.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(target, marks=pytest.mark.integration) for target in RENDERED],
+)
 def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     """`kustomize build` of the base and of the example overlay (kubectl's kustomize when
     there is no kustomize binary): every check below holds for both."""

@@ -249,17 +249,20 @@ def run(cmd: list[str], *, cwd: Path = PROM_DIR) -> subprocess.CompletedProcess[
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.integration  # runs promtool
 def test_promtool_accepts_the_scrape_config() -> None:
     result = run([require_tool("promtool"), "check", "config", "prometheus.yml"])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration  # runs promtool
 def test_promtool_accepts_the_alert_rules() -> None:
     result = run([require_tool("promtool"), "check", "rules", "alerts.yml"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
+@pytest.mark.integration  # runs promtool
 def test_alert_unit_tests_pass() -> None:
     result = run([require_tool("promtool"), "test", "rules", "alerts_test.yml"])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -403,6 +406,7 @@ def prometheus(scrape_target: str, tmp_path: Path) -> Iterator[PrometheusServer]
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a Prometheus server
 def test_prometheus_scrapes_the_worker_metrics_and_answers_queries(
     prometheus: PrometheusServer, scrape_target: str
 ) -> None:
@@ -417,6 +421,7 @@ def test_prometheus_scrapes_the_worker_metrics_and_answers_queries(
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a Prometheus server
 def test_prometheus_evaluates_every_alert_rule_without_error(prometheus: PrometheusServer) -> None:
     def evaluated() -> list[dict[str, Any]] | None:
         groups = prometheus.api("rules", type="alert")["data"]["groups"]
@@ -433,6 +438,7 @@ def test_prometheus_evaluates_every_alert_rule_without_error(prometheus: Prometh
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a Prometheus server
 def test_prometheus_accepts_every_dashboard_query(prometheus: PrometheusServer) -> None:
     for expr in dashboard_exprs():
         prometheus.query(grafana_to_promql(expr))

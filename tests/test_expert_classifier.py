@@ -208,6 +208,7 @@ def test_eval_scores_the_classifier_on_its_held_out_split(
     assert (tmp_path / "report.md").is_file()
 
 
+@pytest.mark.integration  # the build scores its candidates in vLLM
 def test_cli_builds_an_encoder_classifier_fused_and_calibrated_on_validation_rows(
     tmp_path: Path, tiny_corpus_path: Path, tiny_encoder_base: Path
 ) -> None:

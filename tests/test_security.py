@@ -118,6 +118,7 @@ SECRET_ENV = {
 }
 
 
+@pytest.mark.integration  # the worker command as a child process
 def test_check_config_prints_the_settings_with_the_sasl_password_masked() -> None:
     done = _cli(SECRET_ENV, "--check-config")
     assert done.returncode == 0, done.stderr
@@ -127,6 +128,7 @@ def test_check_config_prints_the_settings_with_the_sasl_password_masked() -> Non
     assert SASL_PASSWORD not in done.stdout + done.stderr
 
 
+@pytest.mark.integration  # the worker command as a child process
 def test_check_config_masks_librdkafka_secrets_given_as_passthrough_settings() -> None:
     """`kafka.extra` is the only way to give librdkafka's other secrets (an SSL key
     password, an OAuth client secret): they must be masked like sasl_password."""
@@ -137,6 +139,7 @@ def test_check_config_masks_librdkafka_secrets_given_as_passthrough_settings() -
         assert secret not in done.stdout + done.stderr, f"{secret} shown in clear"
 
 
+@pytest.mark.integration  # the worker command as a child process
 def test_invalid_configuration_is_refused_without_showing_the_password() -> None:
     # Grace longer than the poll interval: refused by a cross-field rule (exit code 2).
     done = _cli({**SECRET_ENV, "ROUTER_SHUTDOWN_GRACE_S": "400"}, "--check-config")

@@ -225,6 +225,7 @@ async def test_route_file_decides_as_the_workers_engine_with_the_workers_setting
     assert "dead-lettered" in result.stderr.decode()
 
 
+@pytest.mark.integration  # the command as a child process
 def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: Path) -> None:
     result = _cli("--model", str(tiny_expert_dir), "VPN drops every 10 minutes\nerror 809")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -234,6 +235,7 @@ def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: 
     assert "started in" in result.stderr.decode()
 
 
+@pytest.mark.integration  # the command as a child process
 def test_route_serves_the_registrys_current_version_as_the_worker_does(
     tiny_expert_dir: Path, tmp_path: Path
 ) -> None:
@@ -254,6 +256,7 @@ def test_route_serves_the_registrys_current_version_as_the_worker_does(
     assert "expert      tiny-expert, adapter none" in chosen.stdout.decode()
 
 
+@pytest.mark.integration  # the command as a child process
 def test_malformed_payload_prints_the_dead_letter_reason_and_exits_1() -> None:
     reason, message = _bad()
     for args in ((), ("-",)):
@@ -264,6 +267,7 @@ def test_malformed_payload_prints_the_dead_letter_reason_and_exits_1() -> None:
         assert result.stdout == b""
 
 
+@pytest.mark.integration  # the command as a child process
 def test_usage_and_engine_errors_have_the_workers_exit_codes(tmp_path: Path) -> None:
     assert _cli("   ").returncode == 2
     assert _cli(stdin=b"").returncode == 2
