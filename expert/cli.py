@@ -121,15 +121,10 @@ def build(
     verbose: VerboseOpt = False,
     fields: Annotated[
         str | None,
-        typer.Option(
-            help="Structured fields the expert reads: comma-separated COLUMN or "
-            "COLUMN=ADDRESS (ADDRESS on the served Ticket: priority, impact, urgency, source, "
-            "requester, category_hints, custom_fields.<key>; a bare COLUMN is the Ticket "
-            "field of that name, else custom_fields.COLUMN)."
-        ),
+        typer.Option(help="Fields it reads: COLUMN[=ADDRESS],... (README)."),
     ] = None,
     no_text: Annotated[
-        bool, typer.Option("--no-text", help="The data has no text: read the --fields only.")
+        bool, typer.Option("--no-text", help="No text column: read --fields only.")
     ] = False,
 ) -> None:
     """Train an expert from labeled tickets (JSONL or CSV), choose and calibrate it on

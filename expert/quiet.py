@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 LOG_DIR = Path(".state/logs")
-VERBOSE_HELP = "Show engine and library output (vLLM, transformers, torch) on the terminal."
+VERBOSE_HELP = "Show engine and library logs here."
 
 # Read when the libraries are imported, and by the engine-core child, which inherits them.
 # vLLM logs to stdout by default, but stdout is the command's (route prints results there):

@@ -46,6 +46,7 @@ def _library_noise() -> None:
     )
 
 
+@pytest.mark.integration  # starts a child process
 def test_library_output_goes_to_the_log_and_ours_stays(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -70,6 +71,7 @@ def test_library_output_goes_to_the_log_and_ours_stays(
     assert "our progress line" not in text
 
 
+@pytest.mark.integration  # starts a child process
 def test_verbose_diverts_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     with quiet.library_output("unit", verbose=True, log_dir=tmp_path) as log:
         assert log is None
@@ -102,6 +104,7 @@ def test_a_warning_that_matters_becomes_one_line_of_ours(
     assert shown == ["Casting torch.float16 to torch.bfloat16."]
 
 
+@pytest.mark.integration  # starts a child process
 def test_library_knobs_are_set_for_children_and_restored_after(tmp_path: Path) -> None:
     before = {key: os.environ.get(key) for key in quiet.QUIET_ENV}
     with quiet.library_output("unit", verbose=False, log_dir=tmp_path):
