@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from expert.fields import InputSpec
 from expert.prompt import DEFAULT_TEMPLATE, validate_template
+from expert.routing_score import RoutingScore
 from expert.thresholds import QueueCalibration
 
 CARD_FILENAME = "expert.json"
@@ -247,6 +248,9 @@ class ExpertCard(BaseModel):
             text (`expert.fields`); cards without it read the text alone.
         created_at: when the card was written.
         similar: the similar-ticket index the folder holds; None: none (older experts).
+        routing_score: what the served confidence is when set: the probability that the
+            answer is right (`expert.routing_score`), which the thresholds in `routing` were
+            chosen on; None: the answered queue's probability (older experts).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -267,6 +271,7 @@ class ExpertCard(BaseModel):
     inputs: InputSpec = InputSpec()
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     similar: SimilarInfo | None = None
+    routing_score: RoutingScore | None = None
 
     @model_validator(mode="after")
     def _labels_have_distinct_tokens(self) -> Self:
@@ -294,6 +299,11 @@ class ExpertCard(BaseModel):
             unknown = sorted(set(self.routing.queue_thresholds) - set(self.labels))
             if unknown:
                 raise ValueError(f"routing.queue_thresholds names unknown labels: {unknown}")
+        score = self.routing_score
+        if score is not None and len(score.queue_shares) != len(self.labels):
+            raise ValueError("routing_score.queue_shares needs one share per label")
+        if score is not None and score.neighbours and self.similar is None:
+            raise ValueError("routing_score reads similar tickets but the card lists no index")
         return self
 
     def _check_classifier(self) -> Self:

@@ -21,7 +21,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from expert.card import CARD_FILENAME, ExpertCard
 from expert.fields import expert_input
 from expert.fusion import ConfidenceMap, FusionWeights, combine, recalibrate
 from expert.lexical import LexicalError, LexicalModel, has_lexical, lexical_dir
+from expert.lexical_side import LexicalAnswer, LexicalBatch, lexical_answers, served_confidence
 from expert.prompt import classifier_token_ids, prompt_token_ids
 from expert.serving import (
     EngineConfig,
@@ -45,7 +45,6 @@ from expert.serving import (
     load_card,
 )
 from expert.similar import SimilarIndexError, SimilarTicketIndex, has_similar, similar_dir
-from schemas.routing import SimilarTicket
 from schemas.ticket import Ticket
 
 log = structlog.get_logger(__name__)
@@ -83,21 +82,12 @@ def _prediction(
     label = max(probabilities, key=probabilities.__getitem__)
     return Prediction(
         label=label,
-        confidence=probabilities[label],
+        confidence=loaded.confidence(probabilities, label, lexical),
         probabilities=probabilities,
         latency_s=latency_s,
         neural_probabilities=neural if loaded.card.fusion is not None else None,
         similar=() if lexical is None else lexical.similar,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class LexicalAnswer:
-    """What the lexical side says of one ticket: its decision values (None: the card fuses
-    no lexical model) and the similar past tickets (empty: no index)."""
-
-    scores: Any
-    similar: tuple[SimilarTicket, ...] = ()
 
 
 def _set_env_defaults(
@@ -156,6 +146,8 @@ class _Loaded:
         self.adapter_dir = Path(config.adapter_dir) if config.adapter_dir is not None else None
         self.card = self._read_cards()
         self.similar_k = self._similar_k()
+        score = self.card.routing_score
+        self.score_neighbours = 0 if score is None else score.neighbours
         self.lexical = self._read_lexical()
         self.similar = self._read_similar()
         self.lora_request: Any = None
@@ -219,7 +211,13 @@ class _Loaded:
 
     def _read_lexical(self) -> LexicalModel | None:
         # The similar-ticket index compares the lexical model's vectors.
-        if not self.fuses_lexical and not (self.similar_k and has_lexical(self.expert_dir)):
+        wants_index = self.similar_k or self.score_neighbours
+        if not self.fuses_lexical and not (wants_index and has_lexical(self.expert_dir)):
+            if self.score_neighbours:
+                raise ExpertLoadError(
+                    f"{self.expert_dir}: its routing score reads similar tickets, "
+                    "but the folder has no lexical model"
+                )
             return None
         try:
             lexical = LexicalModel.load(lexical_dir(self.expert_dir))
@@ -234,7 +232,13 @@ class _Loaded:
         return lexical
 
     def _read_similar(self) -> SimilarTicketIndex | None:
-        if not self.similar_k or self.lexical is None or not has_similar(self.expert_dir):
+        if self.score_neighbours and not has_similar(self.expert_dir):
+            raise ExpertLoadError(
+                f"{self.expert_dir}: its routing score reads similar tickets, "
+                "but the folder has no similar-ticket index"
+            )
+        wants_index = self.similar_k or self.score_neighbours
+        if not wants_index or self.lexical is None or not has_similar(self.expert_dir):
             return None
         try:
             index = SimilarTicketIndex.load(similar_dir(self.expert_dir))
@@ -251,17 +255,21 @@ class _Loaded:
         """The lexical side's answer for each of `texts` (None: no lexical model served)."""
         if self.lexical is None:
             return None
-        vectors = self.lexical.vectors(texts)
-        scores = self.lexical.scores(texts, vectors=vectors) if self.fuses_lexical else None
-        similar = (
-            self.similar.query(vectors, k=self.similar_k)
-            if self.similar is not None
-            else [()] * len(texts)
+        return lexical_answers(
+            self.lexical,
+            self.similar,
+            texts,
+            fuses=self.fuses_lexical,
+            similar_k=self.similar_k,
+            score_neighbours=self.score_neighbours,
         )
-        return [
-            LexicalAnswer(None if scores is None else scores[i], similar[i])
-            for i in range(len(texts))
-        ]
+
+    def confidence(
+        self, probabilities: dict[str, float], label: str, lexical: LexicalAnswer | None
+    ) -> float:
+        """The served confidence: the routing score when the card has one (the probability
+        that `label` is right), else `label`'s probability."""
+        return served_confidence(self.card, probabilities, label, lexical)
 
     def input_of(self, ticket: Ticket | str) -> str:
         """What the expert reads for `ticket`; a string is an expert input already."""
@@ -435,42 +443,6 @@ class _ServedIdentity:
         return self._require_loaded().placement
 
 
-class _LexicalBatch:
-    """Scores the texts of the requests submitted in one event-loop turn together.
-
-    The lexical model costs about 0.1 ms of CPU per ticket in a batch but 1-1.5 ms scored
-    one at a time (scikit-learn's per-call validation); the worker submits a poll's tickets
-    in one turn, so they are scored in one call while vLLM works on them.
-    """
-
-    def __init__(self, loaded: _Loaded) -> None:
-        self._loaded = loaded
-        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
-
-    def submit(self, text: str) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((text, future))
-        return future
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        live = [(text, future) for text, future in pending if not future.done()]
-        if not live:
-            return
-        try:
-            rows = self._loaded.lexical_answers([text for text, _ in live])
-            assert rows is not None
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, future in live:
-                future.set_exception(exc)
-            return
-        for (_, future), row in zip(live, rows, strict=True):
-            future.set_result(row)
-
-
 class StreamingExpert(_ServedIdentity):
     """The expert on vLLM's AsyncLLM: continuous batching for the streaming worker.
 
@@ -482,7 +454,7 @@ class StreamingExpert(_ServedIdentity):
         self._loaded: _Loaded | None = None
         self._engine: Any = None
         self._in_flight = 0
-        self._lexical: _LexicalBatch | None = None
+        self._lexical: LexicalBatch | None = None
 
     async def start(self) -> None:
         """Load the card, start AsyncLLM and warm it up.
@@ -506,7 +478,7 @@ class StreamingExpert(_ServedIdentity):
                 f"{self._config.model_dir}: vLLM could not load it: {exc}"
             ) from exc
         self._loaded = loaded
-        self._lexical = _LexicalBatch(loaded) if loaded.lexical is not None else None
+        self._lexical = LexicalBatch(loaded.lexical_answers) if loaded.lexical is not None else None
         # The first logprob request compiles a sampler op; pay for it here.
         try:
             await self.classify(_WARMUP_TEXT, request_id="warmup-0")

@@ -39,7 +39,7 @@ from expert.build import (
     training_info,
     write_card,
 )
-from expert.calibrate import routing_calibration
+from expert.calibrate import calibrate_routing, validation_answers
 from expert.card import CARD_FILENAME, ExpertCard, FusionInfo, ValidationScores
 from expert.dataset import (
     DEFAULT_SPLIT_SEED,
@@ -124,6 +124,8 @@ class RecipeConfig(BaseModel):
         keep_candidates: keep every candidate's folder under `<out>/.candidates`.
         inputs: structured fields the expert reads (`expert.fields`; `--fields`), and
             whether it reads text; the default is text alone.
+        routing_score: fit a routing score on the validation rows (`expert.routing_score`)
+            and choose the thresholds on it; off: they read the answered queue's probability.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -153,6 +155,7 @@ class RecipeConfig(BaseModel):
     bases_dir: Path = bases.DEFAULT_BASES_DIR
     similar: SimilarSettings = SimilarSettings()
     inputs: InputSpec = InputSpec()
+    routing_score: bool = True
 
     def plan(self) -> PresetPlan:
         """The preset's plan with this config's overrides applied."""
@@ -564,17 +567,23 @@ def _choose_and_write(
     chosen, outcome, weights, probs = best.name, best.outcome, best.weights, best.probabilities
     neural_alone = best.neural_alone
     report.chosen = chosen
-    routing = routing_calibration(
-        probs,
-        y,
-        labels=report.labels,
+    fit, val, test = parts
+    routing, routing_score = calibrate_routing(
+        validation_answers(
+            probs,
+            fit,
+            val,
+            labels=report.labels,
+            vectors_of=lexical.vectors,
+            similar=config.similar if config.similar.enabled else None,
+        ),
         target=config.target_precision,
         min_predicted=config.queue_min_predicted,
         strength=config.queue_strength,
+        with_score=config.routing_score,
     )
     threshold = routing.confidence_threshold
     assert outcome.folder is not None and outcome.trained is not None
-    fit, val, test = parts
     served_lexical = None
     if weights.uses_lexical or config.similar.enabled:
         # The fusion weights are fitted; the lexical model is refitted on every training
@@ -642,6 +651,7 @@ def _choose_and_write(
             "inputs": config.inputs,
             "routing": routing,
             "similar": similar,
+            "routing_score": routing_score,
         }
     )
     write_card(out_dir, card)

@@ -230,11 +230,19 @@ class SimilarTicketIndex:
     def query(self, vectors: Any, *, k: int = DEFAULT_K) -> list[tuple[SimilarTicket, ...]]:
         """The `k` past tickets most like each query, most similar first (tickets sharing
         no term with the query are left out)."""
-        rows, sims = self.neighbours(vectors, k=k)
+        return self.tickets(*self.neighbours(vectors, k=k))
+
+    def tickets(self, rows: np.ndarray, sims: np.ndarray) -> list[tuple[SimilarTicket, ...]]:
+        """The past tickets of `neighbours`' output (rows -1 left out)."""
         return [
             tuple(self._ticket(int(r), float(s)) for r, s in zip(rr, ss, strict=True) if r >= 0)
             for rr, ss in zip(rows, sims, strict=True)
         ]
+
+    def queue_codes(self, rows: np.ndarray) -> np.ndarray:
+        """The label index of each row of `neighbours`' output (-1 stays -1)."""
+        rows = np.asarray(rows)
+        return np.where(rows >= 0, self._codes[np.maximum(rows, 0)], -1)
 
     def _ticket(self, row: int, similarity: float) -> SimilarTicket:
         return SimilarTicket(

@@ -155,6 +155,31 @@ def build_index(
     )
 
 
+def validation_neighbours(
+    fit: Examples,
+    val: Examples,
+    *,
+    vectors_of: Callable[[Sequence[str]], Any],
+    labels: Sequence[str],
+    settings: SimilarSettings,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each validation row's `k` most similar fit rows: (label codes, similarities), as the
+    served index answers a new ticket (an index of the fit rows only: a validation row never
+    finds itself)."""
+    fit_index = build_index(
+        [
+            IndexedTicket(f"fit-{i}", text, label)
+            for i, (text, label) in enumerate(zip(fit.texts, fit.labels, strict=True))
+        ],
+        vectors_of=vectors_of,
+        labels=labels,
+        settings=settings,
+    )
+    rows, sims = fit_index.neighbours(vectors_of(val.texts), k=k)
+    return fit_index.queue_codes(rows), sims
+
+
 def write_index(
     out_dir: Path,
     *,

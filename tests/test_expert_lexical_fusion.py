@@ -210,10 +210,10 @@ class _CountingLoaded:
 async def test_requests_of_one_event_loop_turn_are_lexically_scored_in_one_call() -> None:
     import asyncio
 
-    from expert.engine import _LexicalBatch
+    from expert.lexical_side import LexicalBatch
 
     loaded = _CountingLoaded()
-    batch = _LexicalBatch(loaded)  # type: ignore[arg-type]
+    batch = LexicalBatch(loaded.lexical_answers)  # type: ignore[arg-type]
     futures = [batch.submit(text) for text in ("a", "bb", "ccc")]
     futures[1].cancel()  # a request cancelled before its turn is not scored
     rows = [await futures[0], await futures[2]]
@@ -221,6 +221,6 @@ async def test_requests_of_one_event_loop_turn_are_lexically_scored_in_one_call(
     assert [row[0] for row in rows] == [1.0, 3.0]
     later = await batch.submit("dddd")  # the next turn is a new call
     assert later[0] == 4.0 and loaded.calls[-1] == ["dddd"]
-    failing = _LexicalBatch(_CountingLoaded(fail=True))  # type: ignore[arg-type]
+    failing = LexicalBatch(_CountingLoaded(fail=True).lexical_answers)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="broken lexical model"):
         await asyncio.gather(failing.submit("x"), failing.submit("y"))
