@@ -1,4 +1,10 @@
-"""Plain confluent-kafka clients for tests: produce inputs, read outputs back."""
+"""Plain confluent-kafka clients for tests: produce inputs, read outputs back.
+
+`OutputReader.read_to_end` is a read-to-end barrier: a marker record at the end of every
+partition read, then read until each marker arrives (a partition is read in order). It
+replaces "read for a few more seconds" (slower, and still a guess). Tansu's ListOffsets is
+wrong for batched records, so end offsets are never asked of the broker.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+MARKER_HEADER = "test.read-barrier"
 
 
 @dataclass(frozen=True)
@@ -54,21 +62,30 @@ def produce(
 
 
 class OutputReader:
-    """Reads the output topics from the beginning, accumulating records across calls."""
+    """Reads the output topics from the beginning, accumulating records across calls.
+
+    Every partition of the (existing) topics is assigned to it directly: no group to join
+    (a join waits on the broker for about half the session timeout) and no rebalance that
+    could make it read a partition twice.
+    """
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         self.records: list[OutRecord] = []
+        self._bootstrap = bootstrap
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": f"test-reader-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
+                "group.id": f"test-reader-{uuid.uuid4().hex}",  # never joined, never committed
                 "enable.auto.commit": False,
-                "session.timeout.ms": 6000,
                 "isolation.level": "read_committed",
             }
         )
-        self._consumer.subscribe(topics)
+        self.partitions: list[tuple[str, int]] = []
+        for topic in topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            assert meta.error is None and meta.partitions, f"no topic {topic}: {meta.error}"
+            self.partitions += [(topic, p) for p in sorted(meta.partitions)]
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.partitions])
 
     def read_until(
         self, done: Callable[[list[OutRecord]], bool], *, timeout_s: float
@@ -87,6 +104,23 @@ class OutputReader:
                             headers={k: v or b"" for k, v in (m.headers() or [])},
                         )
                     )
+        return self.records
+
+    def read_to_end(self, *, timeout_s: float = 120) -> list[OutRecord]:
+        """Everything written to the topics so far, markers left out (see the module doc)."""
+        token = uuid.uuid4().hex.encode()
+        producer = Producer({"bootstrap.servers": self._bootstrap, "enable.idempotence": True})
+        for t, p in self.partitions:
+            producer.produce(t, value=b"", partition=p, headers=[(MARKER_HEADER, token)])
+        assert producer.flush(30) == 0
+
+        def all_markers(rs: list[OutRecord]) -> bool:
+            seen = {(r.topic, r.partition) for r in rs if r.headers.get(MARKER_HEADER) == token}
+            return seen == set(self.partitions)
+
+        self.read_until(all_markers, timeout_s=timeout_s)
+        assert all_markers(self.records), "read barrier markers did not all arrive"
+        self.records = [r for r in self.records if MARKER_HEADER not in r.headers]
         return self.records
 
     def close(self) -> None:

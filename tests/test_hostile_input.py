@@ -392,7 +392,7 @@ def hostile_run(
         if worker.is_alive():
             worker.signal(signal.SIGTERM)
         code = worker.wait(timeout_s=120)
-        records = out.read_to_end(PARTITIONS)
+        records = out.read_to_end()
     finally:
         worker.kill()
         out.close()

@@ -3,9 +3,9 @@
 `WorkerProcess` runs `python -m ticket_router worker` in its own session (so the engine-core
 subprocess can be found and taken down with it), captures its JSON log and reads it
 incrementally. Around it: the worker's environment, test tickets, a producer that reports
-where each record landed, a read-to-end barrier for output topics (Tansu's ListOffsets is
-wrong for batched records, so end offsets are never asked of the broker) and committed-offset
-snapshots that do not wait for open transactions.
+where each record landed, the output topics read with a read-to-end barrier
+(tests/kafka_helpers.py) and committed-offset snapshots that do not wait for open
+transactions.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +33,6 @@ from tests.kafka_helpers import OutputReader, OutRecord
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_COMMAND = [sys.executable, "-m", "ticket_router", "worker"]
-MARKER_HEADER = "test.read-barrier"
 H_SOURCE = ("router.source.topic", "router.source.partition", "router.source.offset")
 H_TXN = "router.txn"
 
@@ -368,7 +366,7 @@ class OutputLog:
 
     @property
     def records(self) -> list[OutRecord]:
-        return [r for r in self.reader.records if MARKER_HEADER not in r.headers]
+        return self.reader.records
 
     def outputs(self) -> list[Output]:
         """The records as accounting inputs (source headers, transaction header)."""
@@ -405,23 +403,9 @@ class OutputLog:
                 tick()
             self.reader.read_until(lambda _rs: False, timeout_s=0.2)
 
-    def read_to_end(self, partitions: int, *, timeout_s: float = 120) -> list[OutRecord]:
-        """Everything written so far: put a marker at the end of every output partition, then
-        read until each marker arrives (a partition is read in order)."""
-        token = uuid.uuid4().hex.encode()
-        wanted = {(t, p) for t in self.topics for p in range(partitions)}
-        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
-        for t, p in sorted(wanted):
-            producer.produce(t, value=b"", partition=p, headers=[(MARKER_HEADER, token)])
-        assert producer.flush(30) == 0
-
-        def all_markers(rs: list[OutRecord]) -> bool:
-            seen = {(r.topic, r.partition) for r in rs if r.headers.get(MARKER_HEADER) == token}
-            return seen == wanted
-
-        self.reader.read_until(all_markers, timeout_s=timeout_s)
-        assert all_markers(self.reader.records), "read barrier markers did not all arrive"
-        return self.records
+    def read_to_end(self, *, timeout_s: float = 120) -> list[OutRecord]:
+        """Everything written so far (the reader's read-to-end barrier)."""
+        return self.reader.read_to_end(timeout_s=timeout_s)
 
     def close(self) -> None:
         self.reader.close()
