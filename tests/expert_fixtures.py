@@ -123,6 +123,17 @@ def tiny_lora_dir(
     return out
 
 
+SHARED_ENGINES: list[InProcessEngine] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How often each shared in-process engine started: more than once is a restart that a
+    test closing its own in-process engine forced (see InProcessEngine)."""
+    for engine in SHARED_ENGINES:
+        name = engine.model_dir.name
+        terminalreporter.write_line(f"shared in-process engine {name}: {engine.starts} start(s)")
+
+
 class InProcessEngine:
     """One in-process vLLM engine shared by the tests that only query it.
 
@@ -138,6 +149,11 @@ class InProcessEngine:
         self._config = config
         self._expert: BatchExpert | None = None
         self.starts = 0
+        SHARED_ENGINES.append(self)
+
+    @property
+    def model_dir(self) -> Path:
+        return self._config.model_dir
 
     def get(self) -> BatchExpert:
         import gc

@@ -69,7 +69,7 @@ class OutputReader:
     could make it read a partition twice.
     """
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], *, committed_only: bool = True) -> None:
         self.records: list[OutRecord] = []
         self._bootstrap = bootstrap
         self._consumer = Consumer(
@@ -77,7 +77,7 @@ class OutputReader:
                 "bootstrap.servers": bootstrap,
                 "group.id": f"test-reader-{uuid.uuid4().hex}",  # never joined, never committed
                 "enable.auto.commit": False,
-                "isolation.level": "read_committed",
+                "isolation.level": "read_committed" if committed_only else "read_uncommitted",
             }
         )
         self.partitions: list[tuple[str, int]] = []

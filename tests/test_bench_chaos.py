@@ -3,15 +3,18 @@
 - 5,000 tickets replayed while the worker is SIGKILLed 5 times at seeded random moments
   and restarted each time: at-least-once loses nothing (duplicates are counted and
   printed); exactly-once loses nothing and duplicates nothing among committed outputs
-  (aborted outputs, visible on the embedded broker, are counted apart).
+  (aborted outputs, visible on the embedded broker, are counted apart). Kill moments are
+  counted in outputs written, committed or not: counted in committed outputs, every
+  exactly-once kill would land just after a commit, never inside an open transaction.
 - vLLM's engine-core process killed mid-stream: the worker exits non-zero (or recovers) and
   never commits the offset of a ticket it did not route; a restart finishes the job.
-- The broker frozen (SIGSTOP) for 20 s: the worker retries, resumes, loses nothing.
+- The broker frozen (SIGSTOP) for 10 s, over three times the worker's 3 s session timeout:
+  the worker loses its partitions, retries, resumes, loses nothing.
 
-Each scenario is a plain function; fixtures run two scenarios at a time in threads (the
-two replays, then the two faults), because a worker boot (three processes importing torch
-and vLLM, one after the other) keeps only one of the two cores busy. Tests then assert on
-each scenario's result.
+Each scenario is a plain function; a pool of two threads runs the four of them, longest
+first, because a worker boot (three processes importing torch and vLLM, one after the
+other) keeps only one of the two cores busy: the faults start as soon as a replay ends,
+not when both have. Tests then assert on each scenario's result.
 
 Runs against the session's embedded broker, or against any Kafka named by CHAOS_BOOTSTRAP
 (topics created with CHAOS_REPLICATION_FACTOR, default 1; outputs are read read_committed,
@@ -21,6 +24,7 @@ starts its own embedded broker.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -72,6 +76,13 @@ EXTERNAL = os.environ.get("CHAOS_BOOTSTRAP") or None
 REPLICATION_FACTOR = int(os.environ.get("CHAOS_REPLICATION_FACTOR", "1"))
 BAD = [b"\x00\xff\xfe", b"{not json", b'{"id": "x", "subject": 5}', b"[]", b""]
 SCENARIO_TIMEOUT_S = 1_200
+# The broker freeze: the worker's group session times out three times over while the broker
+# is stopped (librdkafka calls the partitions lost), whatever the session timeout; shorter
+# ones make a shorter scenario. Heartbeats stay well inside the session (with librdkafka's
+# default of 3 s, a 3 s session times out on its own every few seconds).
+FREEZE_SESSION_TIMEOUT_MS = 3_000
+FREEZE_HEARTBEAT_MS = 1_000
+FREEZE_S = 10.0
 
 
 def tax_path(tmp_path: Path) -> Path:
@@ -197,6 +208,8 @@ def replay_with_kills(bootstrap: str, model_dir: Path, tmp: Path, *, exactly_onc
     )
     points = _kill_points(random.Random(SEED + exactly_once), TICKETS, KILLS, min_gap=300)
     out = OutputLog(bootstrap, output_topics(tax))
+    # Where the kill points are counted: in outputs written, committed or not.
+    progress = OutputLog(bootstrap, output_topics(tax), committed_only=False)
     workers: list[WorkerProcess] = []
     snapshots: list[dict[tuple[str, int], int]] = []
     problems: list[str] = []
@@ -214,22 +227,23 @@ def replay_with_kills(bootstrap: str, model_dir: Path, tmp: Path, *, exactly_onc
             workers.append(WorkerProcess(env, tmp / f"boot{k}.log"))
             if exactly_once and k > 0:
                 snapshots.append(snapshot_when_started(workers[-1]))
-            _kill_at(out, workers[-1], point)
+            _kill_at(progress, workers[-1], point)
             if not exactly_once:
                 # Nothing committed that was not written: every offset below a committed
                 # one has an output already (the killed worker cannot add any now).
                 snap = committed_offsets(bootstrap, group, inbound, PARTITIONS)
-                done = sources(out.read_to_end(PARTITIONS))
+                done = sources(out.read_to_end())
                 missing = ungrounded({(inbound, p): o for p, o in snap.items()}, done)
                 problems += [f"kill {k + 1}: {s} committed without output" for s in missing[:5]]
         workers.append(WorkerProcess(env, tmp / "final.log"))
         if exactly_once:
             snapshots.append(snapshot_when_started(workers[-1]))
         final = _finish(bootstrap, group, inbound, ends, workers[-1])
-        out.read_to_end(PARTITIONS)
+        out.read_to_end()
         outputs = out.outputs()
     finally:
         out.close()
+        progress.close()
     result = Replay(points, ends, final, _boots_s(workers), ungrounded_after_kill=problems)
     if not exactly_once:
         result.at_least_once = account_at_least_once(positions, outputs)
@@ -291,12 +305,12 @@ def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKi
         finally:
             first.kill()
         snapshot = committed_offsets(bootstrap, group, inbound, PARTITIONS)
-        done = sources(out.read_to_end(PARTITIONS))
+        done = sources(out.read_to_end())
         missing = ungrounded({(inbound, p): o for p, o in snapshot.items()}, done)
         if code is not None:
             workers.append(WorkerProcess(env, tmp / "second.log"))
             _finish(bootstrap, group, inbound, ends, workers[-1])
-        out.read_to_end(PARTITIONS)
+        out.read_to_end()
         deadline_triage = sum(
             1
             for r in out.records
@@ -312,7 +326,7 @@ def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKi
 
 @dataclass
 class BrokerFreeze:
-    """A worker through a 20 s broker freeze."""
+    """A worker through a broker freeze of FREEZE_S."""
 
     figures: AtLeastOnceFigures
     ends: dict[int, int]
@@ -320,7 +334,7 @@ class BrokerFreeze:
     events: dict[str, int]
 
 
-def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> BrokerFreeze:
+def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = FREEZE_S) -> BrokerFreeze:
     """SIGSTOP a dedicated embedded broker for `freeze_s` while the worker routes, SIGCONT."""
     broker = EmbeddedBroker(state_dir=tmp / "broker", port=free_port())
     broker.start()
@@ -333,7 +347,15 @@ def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> Brok
         out = OutputLog(bootstrap, output_topics(tax))
         # A small in-flight bound: backpressure (paused partitions) is certain to be on
         # when the partitions are lost during the freeze.
-        env = worker_env(bootstrap, tax_path(tmp), model_dir, group, ROUTER_MAX_IN_FLIGHT="32")
+        env = worker_env(
+            bootstrap,
+            tax_path(tmp),
+            model_dir,
+            group,
+            ROUTER_MAX_IN_FLIGHT="32",
+            ROUTER_KAFKA__SESSION_TIMEOUT_MS=str(FREEZE_SESSION_TIMEOUT_MS),
+            ROUTER_KAFKA__EXTRA=json.dumps({"heartbeat.interval.ms": str(FREEZE_HEARTBEAT_MS)}),
+        )
         worker = WorkerProcess(env, tmp / "w.log")
         try:
             out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(worker))
@@ -353,7 +375,7 @@ def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> Brok
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; the worker says: {_progress(worker)}") from exc
             final = _finish(bootstrap, group, tax.topics.inbound, ends, worker)
-            out.read_to_end(PARTITIONS)
+            out.read_to_end()
             figures = account_at_least_once(positions, out.outputs())
         finally:
             worker.kill()
@@ -371,8 +393,9 @@ def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = 20.0) -> Brok
 # ---------------------------------------------------------------------------- fixtures
 
 
-def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run two scenarios at once; each result is its value or the exception it raised."""
+def _run_all(scenarios: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run the scenarios two at a time, in the given order (each one as soon as a thread is
+    free); each result is its value or the exception it raised."""
 
     def captured(fn: Callable[[], Any]) -> Any:
         try:
@@ -381,8 +404,8 @@ def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any
             return exc
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="scenario") as pool:
-        a, b = pool.submit(captured, first), pool.submit(captured, second)
-        return a.result(), b.result()
+        futures = {name: pool.submit(captured, fn) for name, fn in scenarios.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _result(value: Any) -> Any:
@@ -400,26 +423,24 @@ def chaos_bootstrap(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def replays(
+def scenarios(
     chaos_bootstrap: str, tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Any, Any]:
-    """The at-least-once and the exactly-once replays with kills, run side by side."""
+) -> dict[str, Any]:
+    """The four scenarios, longest first: the replays (six worker boots each), then the
+    engine-core kill (two) and the broker freeze (one)."""
     alo, eos = tmp_path_factory.mktemp("alo"), tmp_path_factory.mktemp("eos")
-    return _both(
-        lambda: replay_with_kills(chaos_bootstrap, tiny_expert_dir, alo, exactly_once=False),
-        lambda: replay_with_kills(chaos_bootstrap, tiny_expert_dir, eos, exactly_once=True),
-    )
-
-
-@pytest.fixture(scope="module")
-def faults(
-    chaos_bootstrap: str, tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Any, Any]:
-    """The engine-core kill and the broker freeze, run side by side."""
     core, freeze = tmp_path_factory.mktemp("core"), tmp_path_factory.mktemp("freeze")
-    return _both(
-        lambda: engine_core_kill(chaos_bootstrap, tiny_expert_dir, core),
-        lambda: broker_freeze(tiny_expert_dir, freeze),
+    return _run_all(
+        {
+            "alo": lambda: replay_with_kills(
+                chaos_bootstrap, tiny_expert_dir, alo, exactly_once=False
+            ),
+            "eos": lambda: replay_with_kills(
+                chaos_bootstrap, tiny_expert_dir, eos, exactly_once=True
+            ),
+            "core": lambda: engine_core_kill(chaos_bootstrap, tiny_expert_dir, core),
+            "freeze": lambda: broker_freeze(tiny_expert_dir, freeze),
+        }
     )
 
 
@@ -430,8 +451,8 @@ def faults(
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
-def test_five_sigkills_during_replay_lose_nothing_at_least_once(replays: tuple[Any, Any]) -> None:
-    run: Replay = _result(replays[0])
+def test_five_sigkills_during_replay_lose_nothing_at_least_once(scenarios: dict[str, Any]) -> None:
+    run: Replay = _result(scenarios["alo"])
     figures = run.at_least_once
     assert figures is not None
     print(figures.summary(kills=KILLS), f"kill points {run.points}; {run.boots}")
@@ -447,9 +468,9 @@ def test_five_sigkills_during_replay_lose_nothing_at_least_once(replays: tuple[A
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
-    replays: tuple[Any, Any],
+    scenarios: dict[str, Any],
 ) -> None:
-    run: Replay = _result(replays[1])
+    run: Replay = _result(scenarios["eos"])
     figures = run.exactly_once
     assert figures is not None
     print(figures.summary(kills=KILLS), f"kill points {run.points}; {run.boots}")
@@ -466,9 +487,9 @@ def test_five_sigkills_during_replay_neither_lose_nor_duplicate_exactly_once(
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_killed_engine_core_crashes_worker_without_committing_unrouted_tickets(
-    faults: tuple[Any, Any],
+    scenarios: dict[str, Any],
 ) -> None:
-    run: EngineCoreKill = _result(faults[0])
+    run: EngineCoreKill = _result(scenarios["core"])
     outcome = "recovered" if run.exit_code is None else f"worker exited {run.exit_code}"
     print(
         f"engine core killed: {outcome}; committed before restart "
@@ -486,14 +507,18 @@ def test_killed_engine_core_crashes_worker_without_committing_unrouted_tickets(
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
-def test_broker_frozen_for_20s_worker_retries_resumes_and_loses_nothing(
-    faults: tuple[Any, Any],
+def test_broker_frozen_past_the_session_timeout_worker_retries_resumes_and_loses_nothing(
+    scenarios: dict[str, Any],
 ) -> None:
-    run: BrokerFreeze = _result(faults[1])
+    run: BrokerFreeze = _result(scenarios["freeze"])
     print(
-        f"broker frozen 20 s: {run.figures.summary(kills=0)}; worker events {run.events}; "
+        f"broker frozen {FREEZE_S:.0f} s (session timeout {FREEZE_SESSION_TIMEOUT_MS} ms): "
+        f"{run.figures.summary(kills=0)}; worker events {run.events}; "
         "one worker process throughout"
     )
+    # The freeze outlasted the session: the partitions were lost, then assigned again.
+    assert run.events.get("partitions_lost", 0) >= 1, run.events
+    assert run.events.get("partitions_assigned", 0) >= 2, run.events
     assert run.figures.lost == 0, f"lost {run.figures.lost_examples}"
     assert run.figures.unexpected == 0
     assert run.final == run.ends
@@ -544,7 +569,9 @@ async def test_partitions_lost_while_paused_fetch_again_once_reassigned(tmp_path
             kafka={
                 "bootstrap_servers": broker.bootstrap,
                 "group_id": f"g-{topic}",
-                "session_timeout_ms": 3000,
+                "session_timeout_ms": FREEZE_SESSION_TIMEOUT_MS,
+                # lost by the freeze only, not by heartbeats as slow as the session
+                "extra": {"heartbeat.interval.ms": str(FREEZE_HEARTBEAT_MS)},
             }
         )
         listener = _Listener()
@@ -651,8 +678,6 @@ def test_chaos_command_prints_the_figures_of_a_run(
     bootstrap: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`python -m bench.chaos` on a stand-in router's outputs: one lost, one duplicated."""
-    import json
-
     from confluent_kafka import Producer
 
     from bench.chaos import main

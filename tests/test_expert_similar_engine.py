@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from expert.build import write_card
 from expert.dataset import Examples, read_examples, split
 from expert.engine import BatchExpert
+from expert.lexical import LexicalModel, lexical_dir
+from expert.routing_score import fit_routing_score
 from expert.serving import load_card
 from expert.similar import SimilarTicketIndex, has_similar, similar_dir
 from loadgen.corpus import generate
@@ -90,12 +97,52 @@ def test_an_expert_without_an_index_serves_no_similar_tickets(
     assert len(prediction.top()) == 3
 
 
-def test_similar_tickets_can_be_switched_off_by_configuration(tiny_fused_dir: Path) -> None:
-    config = tiny_engine_config(tiny_fused_dir).model_copy(update={"similar_tickets": 0})
+def _with_routing_score(expert_dir: Path, out: Path) -> Path:
+    """A copy of `expert_dir` whose card carries a routing score reading 10 neighbours
+    (fitted on made-up answers: what matters here is that serving applies it)."""
+    shutil.copytree(expert_dir, out)
+    card = load_card(out)
+    rng = np.random.default_rng(0)
+    n, labels = 200, len(card.labels)
+    probs = rng.dirichlet(np.ones(labels), n)
+    answered = probs.argmax(axis=1)
+    right = rng.random(n) < 0.6
+    codes = np.where(
+        rng.random((n, 10)) < np.where(right, 0.9, 0.2)[:, None], answered[:, None], -1
+    )
+    fitted = fit_routing_score(
+        probs,
+        np.where(right, answered, (answered + 1) % labels),
+        queue_shares=np.full(labels, 1 / labels),
+        neighbour_codes=codes,
+        neighbour_similarities=rng.uniform(0.1, 0.9, (n, 10)),
+        neighbours=10,
+    )
+    assert fitted is not None
+    write_card(out, card.model_copy(update={"routing_score": fitted.score}))
+    return out
+
+
+def test_the_routing_score_is_served_even_with_similar_tickets_switched_off(
+    tiny_fused_dir: Path, tmp_path: Path
+) -> None:
+    scored = _with_routing_score(tiny_fused_dir, tmp_path / "scored")
+    card = load_card(scored)
+    assert card.routing_score is not None and card.routing_score.neighbours == 10
+    config = tiny_engine_config(scored).model_copy(update={"similar_tickets": 0})
+    texts = ["printer jammed on floor 3", "vpn drops every ten minutes"]
     expert = BatchExpert(config)
     expert.start()
     try:
-        (prediction,) = expert.classify_batch(["printer jammed on floor 3"])
+        predictions = expert.classify_batch(texts)
     finally:
         expert.close()
-    assert prediction.similar == ()
+    # The index answers the score's neighbours, computed here on their own.
+    index = SimilarTicketIndex.load(similar_dir(scored))
+    rows, sims = index.neighbours(LexicalModel.load(lexical_dir(scored)).vectors(texts), k=10)
+    for i, prediction in enumerate(predictions):
+        assert prediction.similar == ()
+        probs = np.asarray([[prediction.probabilities[label] for label in card.labels]])
+        expected = card.routing_score.of(probs, index.queue_codes(rows[i : i + 1]), sims[i : i + 1])
+        assert prediction.confidence == pytest.approx(float(expected[0]), abs=1e-9)
+        assert prediction.confidence != pytest.approx(prediction.probabilities[prediction.label])

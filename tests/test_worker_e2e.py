@@ -2,6 +2,9 @@
 
 Every inbound record must be accounted for on the output topics (routed, triage or
 dead-letter), through kills, restarts, two workers in a group and a drain on SIGTERM.
+
+The in-process workers of the tiny expert serve the session's streaming engine instead of
+starting one each; the worker processes below start theirs, through the same runner.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from expert.engine import StreamingExpert
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
 from tests.kafka_helpers import OutputReader, committed, produce
@@ -23,6 +27,7 @@ from tests.worker_process import output_topics as _outputs
 from tests.worker_process import sources as _sources
 from tests.worker_process import ticket_payload as _ticket
 from tests.worker_process import worker_env as _env
+from worker import runner
 from worker.broker import TopicLayout, create_layout
 from worker.config import Settings
 from worker.runner import started_worker
@@ -40,11 +45,28 @@ def layout(bootstrap: str, taxonomy_file: Path) -> Taxonomy:
     return tax
 
 
+@pytest.fixture
+def shared_engine(
+    streaming_expert: StreamingExpert, monkeypatch: pytest.MonkeyPatch
+) -> StreamingExpert:
+    """`started_worker` given the session's engine (the tiny expert, started once; its
+    fixture stops it) in place of the one it would start from the settings."""
+
+    async def owned_by_the_fixture() -> None:
+        return None
+
+    monkeypatch.setattr(streaming_expert, "start", owned_by_the_fixture)
+    monkeypatch.setattr(streaming_expert, "shutdown", owned_by_the_fixture)
+    monkeypatch.setattr(runner, "_engine", lambda *_args: streaming_expert)
+    return streaming_expert
+
+
 async def test_worker_routes_every_ticket_and_dead_letters_bad_payloads(
     bootstrap: str,
     taxonomy_file: Path,
     layout: Taxonomy,
     tiny_expert_dir: Path,
+    shared_engine: StreamingExpert,
     unique: str,
     tmp_path: Path,
 ) -> None:
@@ -188,7 +210,7 @@ def test_killed_worker_restarts_without_losing_tickets_then_drains_on_sigterm(
         assert "shutdown_started" in events and "shutdown_completed" in events
     finally:
         second.kill()
-    out = reader.read_until(lambda rs: False, timeout_s=3)
+    out = reader.read_to_end()  # every output the drain wrote
     reader.close()
     done = _sources(out)
     commits = committed(bootstrap, group, layout.topics.inbound, PARTITIONS)
@@ -252,6 +274,7 @@ async def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
     taxonomy_file: Path,
     layout: Taxonomy,
     tiny_expert_dir: Path,
+    shared_engine: StreamingExpert,
     unique: str,
 ) -> None:
     n = 150

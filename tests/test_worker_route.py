@@ -225,9 +225,33 @@ async def test_route_file_decides_as_the_workers_engine_with_the_workers_setting
     assert "dead-lettered" in result.stderr.decode()
 
 
+@pytest.fixture(scope="module")
+def registry_v1(tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose current version is v1, the tiny expert."""
+    root = tmp_path_factory.mktemp("registry-v1")
+    registry = Registry(root)
+    registry.add(tiny_expert_dir, version="v1")
+    registry.promote("v1", reason="first expert")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_with_model_over_registry(
+    tiny_expert_dir: Path, registry_v1: Path
+) -> subprocess.CompletedProcess[bytes]:
+    """`route --model DIR TEXT` where a registry is configured too: one engine start for the
+    two tests below (what it prints, and that --model wins over the registry)."""
+    return _cli(
+        "--model", str(tiny_expert_dir), "VPN drops every 10 minutes\nerror 809",
+        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)},
+    )  # fmt: skip
+
+
 @pytest.mark.integration  # the command as a child process
-def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: Path) -> None:
-    result = _cli("--model", str(tiny_expert_dir), "VPN drops every 10 minutes\nerror 809")
+def test_route_text_prints_queue_top_three_decision_and_expert(
+    text_with_model_over_registry: subprocess.CompletedProcess[bytes],
+) -> None:
+    result = text_with_model_over_registry
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     out = result.stdout.decode()
     for label in ("queue", "top 3", "decision", "expert      tiny-expert, adapter none"):
@@ -237,22 +261,21 @@ def test_route_text_prints_queue_top_three_decision_and_expert(tiny_expert_dir: 
 
 @pytest.mark.integration  # the command as a child process
 def test_route_serves_the_registrys_current_version_as_the_worker_does(
-    tiny_expert_dir: Path, tmp_path: Path
+    registry_v1: Path,
+    text_with_model_over_registry: subprocess.CompletedProcess[bytes],
+    tmp_path: Path,
 ) -> None:
-    root = tmp_path / "registry"
-    env = {"ROUTER_ENGINE__REGISTRY_DIR": str(root)}
-    root.mkdir()
-    empty = _cli("VPN drops", env=env)
+    empty = _cli("VPN drops", env={"ROUTER_ENGINE__REGISTRY_DIR": str(tmp_path)})
     assert empty.returncode == 4
     assert "has no current version yet" in empty.stderr.decode()
-    registry = Registry(root)
-    registry.add(tiny_expert_dir, version="v1")
-    registry.promote("v1", reason="first expert")
-    result = _cli("VPN drops every 10 minutes\nerror 809", env=env)
+    result = _cli(
+        "VPN drops every 10 minutes\nerror 809",
+        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)},
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "expert      tiny-expert@v1, adapter none" in result.stdout.decode()
     # --model wins over the configured registry.
-    chosen = _cli("--model", str(tiny_expert_dir), "VPN drops", env=env)
+    chosen = text_with_model_over_registry
     assert "expert      tiny-expert, adapter none" in chosen.stdout.decode()
 
 

@@ -355,14 +355,15 @@ def wait_for_committed(
 
 @dataclass
 class OutputLog:
-    """Output records read so far (read_committed), minus the read-barrier markers."""
+    """Output records read so far (read_committed unless told), minus the barrier markers."""
 
     bootstrap: str
     topics: list[str]
+    committed_only: bool = True
     reader: OutputReader = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reader = OutputReader(self.bootstrap, self.topics)
+        self.reader = OutputReader(self.bootstrap, self.topics, committed_only=self.committed_only)
 
     @property
     def records(self) -> list[OutRecord]:
