@@ -43,6 +43,7 @@ REQUIRED_ALERTS = {
     "RouterEndToEndLatencyAboveSLO": "router_end_to_end_latency_seconds_bucket",
     "RouterEngineNotReady": "router_ready",
     "RouterLiveAccuracyDrop": "router_live_judged_decisions",
+    "RouterAutoroutePrecisionBelowTarget": "router_feedback_verdicts_total",
 }
 # What the dashboard must show, by the metric that shows it.
 REQUIRED_DASHBOARD_METRICS = {
@@ -56,7 +57,14 @@ REQUIRED_DASHBOARD_METRICS = {
     "router_feedback_verdicts_total",  # confirmed vs reassigned by queue and version
     "router_feedback_triage_outcomes_total",  # what humans chose for triaged tickets
     "router_feedback_without_decision_total",  # feedback the decision log could not join
+    "router_queue_mode_info",  # rollout: each queue's mode
+    "router_feedback_mode_verdicts_total",  # rollout: shadow and recommend precision
+    "router_queue_decisions_total",  # rollout: decisions by queue and mode
 }
+# The precision a queue must hold before it is promoted (the build's --target-precision).
+TARGET_PRECISION = 0.95
+# Grafana's own variables; any other `$name` in a query must be a dashboard variable.
+GRAFANA_MACROS = {"__rate_interval", "__interval", "__range"}
 
 
 def require_tool(name: str) -> str:
@@ -174,11 +182,26 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
-def grafana_to_promql(expr: str) -> str:
-    """Replace Grafana's macros and variables with values Prometheus accepts."""
+def grafana_to_promql(expr: str, *, window: str = "1m") -> str:
+    """Replace Grafana's macros and variables with values Prometheus accepts: a range
+    (`[$__rate_interval]`, `[$window]`) becomes `window`, any other variable `.*`."""
+    expr = re.sub(r"\[\$\{?\w+\}?\]", f"[{window}]", expr)
     for macro in ("$__rate_interval", "$__interval", "$__range"):
-        expr = expr.replace(macro, "1m")
+        expr = expr.replace(macro, window)
     return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def row_panels(title: str) -> list[dict[str, Any]]:
+    """The panels under the row called `title`, up to the next row."""
+    panels = dashboard()["panels"]
+    (start,) = [i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title]
+    rest = panels[start + 1 :]
+    end = next((i for i, p in enumerate(rest) if p["type"] == "row"), len(rest))
+    return rest[:end]
+
+
+def panel_exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", []) if t.get("expr")]
 
 
 def test_alert_rules_read_only_metrics_the_worker_exports(worker_metric_names: set[str]) -> None:
@@ -225,6 +248,44 @@ def test_dashboard_shows_throughput_latency_lag_confidence_triage_and_dead_lette
         )
     }
     assert {"0.5", "0.95", "0.99"} <= quantiles
+
+
+def test_dashboard_queries_use_only_defined_variables() -> None:
+    board = dashboard()
+    defined = {v["name"] for v in board["templating"]["list"]} | GRAFANA_MACROS
+    titles = [p["title"] for p in board["panels"]]
+    for text in dashboard_exprs() + titles:
+        used = set(re.findall(r"\$\{?(\w+)\}?", text))
+        assert used <= defined, f"{text!r}: undefined {sorted(used - defined)}"
+
+
+def test_rollout_row_shows_modes_precision_against_the_target_and_decisions() -> None:
+    panels = row_panels("Rollout")
+    reads = {p["title"]: set().union(*map(promql_metric_names, panel_exprs(p))) for p in panels}
+    assert any("router_queue_mode_info" in m for m in reads.values()), reads
+    decisions = [e for p in panels for e in panel_exprs(p) if "router_queue_decisions_total" in e]
+    assert any("by (queue, mode)" in e and "rate(" in e for e in decisions), decisions
+    # Live precision: confirmed over all verdicts, per queue and mode, over $window, for
+    # shadow and recommend (mode verdicts) and autoroute (routed verdicts), with the target.
+    precision = [
+        p
+        for p in panels
+        if p["type"] == "timeseries"
+        and {"router_feedback_mode_verdicts_total", "router_feedback_verdicts_total"}
+        <= reads[p["title"]]
+    ]
+    assert len(precision) == 1, reads
+    (graph,) = precision
+    exprs = panel_exprs(graph)
+    assert all('verdict="confirmed"' in e and "[$window]" in e for e in exprs), exprs
+    assert any("by (queue, mode)" in e for e in exprs), exprs
+    assert any('"mode", "autoroute"' in e for e in exprs), exprs
+    defaults = graph["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, TARGET_PRECISION]
+    assert "$window" in graph["title"]
+    (window,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "window"]
+    assert window["current"]["value"] in window["query"].split(",")
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder() -> None:
@@ -277,6 +338,73 @@ def test_every_alert_has_a_firing_unit_test() -> None:
         if case.get("exp_alerts")
     }
     assert fired == {rule["alert"] for rule in alert_rules()}
+
+
+ROLLOUT_VERDICTS = [
+    # network_vpn in shadow: 3 confirmed, 1 reassigned a minute -> 0.75.
+    ("router_feedback_mode_verdicts_total", "shadow", "network_vpn", "confirmed", "0+3x60"),
+    ("router_feedback_mode_verdicts_total", "shadow", "network_vpn", "reassigned", "0+1x60"),
+    # hardware in recommend: only reassigned suggestions -> 0, not nothing.
+    ("router_feedback_mode_verdicts_total", "recommend", "hardware", "reassigned", "0+2x60"),
+    # printing in shadow: judged before the window only -> no precision.
+    ("router_feedback_mode_verdicts_total", "shadow", "printing", "confirmed", "5x60"),
+    # database on autoroute: its routed tickets, all confirmed -> 1.
+    ("router_feedback_verdicts_total", None, "database", "confirmed", "0+1x60"),
+]
+
+
+@pytest.mark.integration  # runs promtool
+def test_rollout_precision_is_confirmed_over_judged_per_queue_and_mode(tmp_path: Path) -> None:
+    tables = [
+        p
+        for p in row_panels("Rollout")
+        if p["type"] == "table" and any("verdict=" in e for e in panel_exprs(p))
+    ]
+    (table,) = tables
+    precision, judged = (t["expr"] for t in table["targets"][:2])
+    assert "router_feedback_mode_verdicts_total" in judged and "verdict=" not in judged
+    (graph,) = [
+        p for p in row_panels("Rollout") if p["type"] == "timeseries" and "$window" in p["title"]
+    ]
+    by_mode, autoroute = panel_exprs(graph)
+    series = []
+    for metric, mode, queue, verdict, values in ROLLOUT_VERDICTS:
+        labels = f'queue="{queue}",model="m1",verdict="{verdict}"'
+        labels += f',mode="{mode}"' if mode else ""
+        series.append({"series": f"{metric}{{{labels}}}", "values": values})
+    cases = {
+        precision: [("network_vpn", "shadow", 0.75), ("hardware", "recommend", 0.0),
+                    ("database", "autoroute", 1.0)],
+        by_mode: [("network_vpn", "shadow", 0.75), ("hardware", "recommend", 0.0)],
+        autoroute: [("database", "autoroute", 1.0)],
+        judged: [("network_vpn", "shadow", 120.0), ("hardware", "recommend", 60.0),
+                 ("printing", "shadow", 0.0), ("database", "autoroute", 30.0)],
+    }  # fmt: skip
+    doc = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": grafana_to_promql(expr, window="30m"),
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {"labels": f'{{mode="{mode}", queue="{queue}"}}', "value": value}
+                            for queue, mode, value in expected
+                        ],
+                    }
+                    for expr, expected in cases.items()
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "rollout_test.yml"
+    test_file.write_text(yaml.safe_dump(doc, sort_keys=False), "utf-8")
+    result = run([require_tool("promtool"), "test", "rules", str(test_file)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- a real Prometheus -----------------------------------------------------------------

@@ -30,7 +30,7 @@ from schemas.routing import (
     TriageReason,
     top_suggestions,
 )
-from schemas.taxonomy import Taxonomy
+from schemas.taxonomy import QueueMode, Taxonomy
 from schemas.ticket import Ticket
 from tests.kafka_helpers import OutputReader, OutRecord, committed, produce
 from tests.worker_process import output_topics, ticket_payload
@@ -42,6 +42,7 @@ from worker.pipeline import H_DEAD_LETTER_REASON, H_DISPOSITION, Pipeline
 from worker.runner import consumer_config, pipeline_config, producer_config
 from worker.tail import (
     DEAD_LETTER,
+    SHADOW,
     StartFilter,
     UnknownQueueError,
     describe,
@@ -92,6 +93,22 @@ def _routed(ticket_id: str, *, queue: str, confidence: float, triage: bool) -> R
     )
 
 
+def _shadow(ticket_id: str, *, queue: str, confidence: float, would_route: bool) -> RoutedTicket:
+    """The worker's pair for a queue in shadow mode, as `Pipeline._publish_shadow` writes
+    it: the triage record (shadow_mode), copied to the shadow topic with disposition shadow
+    and the reason autoroute would have had. Returns the shadow record, validated."""
+    triaged = _routed(ticket_id, queue=queue, confidence=confidence, triage=True)
+    shadow = triaged.model_copy(
+        update={
+            "triage_reason": None if would_route else TriageReason.LOW_CONFIDENCE,
+            "mode": QueueMode.SHADOW,
+            "disposition": Disposition.SHADOW,
+            "topic": TAX.topics.shadow,
+        }
+    )
+    return RoutedTicket.model_validate_json(shadow.model_dump_json())
+
+
 def _record(topic: str, value: bytes, headers: tuple[tuple[str, bytes], ...] = ()) -> InboundRecord:
     return InboundRecord(
         topic=topic,
@@ -132,8 +149,47 @@ def test_queue_names_triage_and_dead_letter_resolve_to_their_topics() -> None:
     assert topic_of("network_vpn", TAX) == TAX.topic_for("network_vpn")
     assert topic_of("triage", TAX) == TAX.topics.triage
     assert topic_of(DEAD_LETTER, TAX) == TAX.topics.dead_letter
-    with pytest.raises(UnknownQueueError, match="network_vpn"):
+    assert topic_of(SHADOW, TAX) == TAX.topics.shadow
+    with pytest.raises(UnknownQueueError, match="network_vpn.*shadow"):
         topic_of("nope", TAX)
+
+
+def test_a_queue_named_triage_or_shadow_wins_over_the_control_topic() -> None:
+    data = TAX.model_dump(mode="json")
+    data["queues"][0].update(name="shadow", topic="tickets.routed.shadow")
+    data["queues"][1].update(name="triage", topic="tickets.routed.triage")
+    tax = Taxonomy.model_validate(data)
+    assert topic_of("shadow", tax) == "tickets.routed.shadow"
+    assert topic_of("triage", tax) == "tickets.routed.triage"
+    assert topic_of("dead-letter", tax) == tax.topics.dead_letter
+
+
+def test_a_shadow_decision_says_what_the_router_would_have_routed() -> None:
+    would = _shadow("INC0000050", queue="network_vpn", confidence=0.934, would_route=True)
+    record = _record(TAX.topics.shadow, would.model_dump_json().encode())
+    line = describe(record, dead_letter_topic=TAX.topics.dead_letter)
+    for part in ("INC0000050", "SHADOW would have routed to network_vpn", "conf 0.934"):
+        assert part in line, line
+    assert '"VPN drops"' in line and "ticket itself went to triage" in line, line
+    assert raw_json(record, dead_letter_topic=TAX.topics.dead_letter) == would.model_dump_json()
+
+    unsure = _shadow("INC0000051", queue="hardware", confidence=0.31, would_route=False)
+    line = describe(
+        _record(TAX.topics.shadow, unsure.model_dump_json().encode()),
+        dead_letter_topic=TAX.topics.dead_letter,
+    )
+    assert "SHADOW would have sent to triage (low_confidence), best hardware" in line, line
+    assert "conf 0.310" in line and "would have routed" not in line, line
+
+
+def test_the_desks_triage_record_of_a_shadow_queue_is_not_shown_as_a_shadow_decision() -> None:
+    triaged = _routed("INC0000052", queue="network_vpn", confidence=0.9, triage=True)
+    triaged = triaged.model_copy(
+        update={"triage_reason": TriageReason.SHADOW_MODE, "mode": QueueMode.SHADOW}
+    )
+    record = _record(TAX.topics.triage, triaged.model_dump_json().encode())
+    line = describe(record, dead_letter_topic=TAX.topics.dead_letter)
+    assert "triage: shadow_mode" in line and "SHADOW" not in line, line
 
 
 def test_routed_and_triaged_tickets_print_id_queue_confidence_latency_and_subject() -> None:
@@ -334,6 +390,29 @@ def test_tail_from_the_end_prints_only_records_published_after_it_started(
     assert process.returncode == 0, "".join(errors)
     printed = [RoutedTicket.model_validate_json(line).ticket.id for line in stdout.splitlines()]
     assert sorted(printed) == ["NEW0", "NEW1", "NEW2"]
+
+
+def test_tail_shadow_follows_the_shadow_topic(
+    bootstrap: str, taxonomy_file: Path, layout: Taxonomy
+) -> None:
+    published = [
+        _shadow("SH1", queue="network_vpn", confidence=0.93, would_route=True),
+        _shadow("SH2", queue="hardware", confidence=0.2, would_route=False),
+    ]
+    values = [
+        r.model_copy(update={"topic": layout.topics.shadow}).model_dump_json() for r in published
+    ]
+    produce(bootstrap, layout.topics.shadow, [v.encode() for v in values])
+    common = ["--from-beginning", "--max", "2", "--bootstrap", bootstrap]
+    raw = _tail(SHADOW, "--json", *common, "--taxonomy", str(taxonomy_file))
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert f"following {layout.topics.shadow} " in raw.stderr
+    assert sorted(raw.stdout.splitlines()) == sorted(values)
+    readable = _tail(SHADOW, *common, "--taxonomy", str(taxonomy_file))
+    assert readable.returncode == 0, readable.stderr[-2000:]
+    lines = sorted(readable.stdout.splitlines(), key=lambda line: "SH2" in line)
+    assert "SH1" in lines[0] and "SHADOW would have routed to network_vpn" in lines[0]
+    assert "SH2" in lines[1] and "SHADOW would have sent to triage" in lines[1]
 
 
 def test_tail_refuses_an_unknown_queue_and_a_missing_topic(

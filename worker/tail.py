@@ -1,7 +1,7 @@
 """`ticket-router tail QUEUE`: follow one output topic as a downstream consumer sees it.
 
-Owns resolving a queue name (or `triage`, `dead-letter`) to its topic, the "from the end"
-rule, and printing each record readably or raw. It reads through `worker.kafka_io.Source`
+Owns resolving a queue name (or `triage`, `dead-letter`, `shadow`) to its topic, the "from
+the end" rule, and printing each record readably or raw. It reads through `worker.kafka_io.Source`
 in a fresh consumer group of its own (`ticket-router-tail-<random>`) that never commits:
 auto-commit and the offset store are off and its rebalance listener hands back nothing to
 commit, so no group's offsets change, the worker's least of all. It never publishes.
@@ -37,26 +37,27 @@ from schemas.dead_letter import (
     DeadLetter,
     DeadLetterReason,
 )
-from schemas.routing import RoutedTicket
+from schemas.routing import Disposition, RoutedTicket
 from schemas.taxonomy import Taxonomy
 from worker.kafka_io import TP, ConsumerThreadOps, InboundRecord
 from worker.pipeline import H_DEAD_LETTER_REASON
 
 TRIAGE = "triage"
 DEAD_LETTER = "dead-letter"
+SHADOW = "shadow"
 GROUP_PREFIX = "ticket-router-tail-"
 _SUBJECT_SHOWN_CHARS = 60
 _RAW_SHOWN_BYTES = 60
 
 
 class UnknownQueueError(ValueError):
-    """The name is neither a taxonomy queue nor `triage` / `dead-letter`."""
+    """The name is neither a taxonomy queue nor `triage` / `dead-letter` / `shadow`."""
 
 
 def topic_of(name: str, taxonomy: Taxonomy) -> str:
-    """The topic `tail NAME` follows: a queue's routed topic, triage or dead-letter.
+    """The topic `tail NAME` follows: a queue's routed topic, triage, dead-letter or shadow.
 
-    A queue named `triage` wins over the triage topic (queue names are the users').
+    A queue named `triage` or `shadow` wins over that topic (queue names are the users').
 
     Raises:
         UnknownQueueError: listing the names that are known.
@@ -67,7 +68,9 @@ def topic_of(name: str, taxonomy: Taxonomy) -> str:
         return taxonomy.topics.triage
     if name == DEAD_LETTER:
         return taxonomy.topics.dead_letter
-    known = ", ".join([*taxonomy.labels, TRIAGE, DEAD_LETTER])
+    if name == SHADOW:
+        return taxonomy.topics.shadow
+    known = ", ".join([*taxonomy.labels, TRIAGE, DEAD_LETTER, SHADOW])
     raise UnknownQueueError(f"unknown queue {name!r}; known: {known}")
 
 
@@ -138,7 +141,7 @@ def _latency(routed: RoutedTicket) -> str:
 
 
 def describe(record: InboundRecord, *, dead_letter_topic: str) -> str:
-    """One readable line for a record of a queue, triage or dead-letter topic."""
+    """One readable line for a record of a queue, triage, dead-letter or shadow topic."""
     where = f"[{record.partition}]@{record.offset}"
     clock = _when(record).astimezone().strftime("%H:%M:%S")
     if record.topic == dead_letter_topic:
@@ -159,12 +162,28 @@ def describe(record: InboundRecord, *, dead_letter_topic: str) -> str:
             f"{clock} {where}  unreadable record: not a routed ticket ({exc.error_count()} errors)"
         )
     decision = routed.decision
-    triage = f"  triage: {routed.triage_reason.value}" if routed.triage_reason else ""
     subject = json.dumps(_shorten(routed.ticket.subject, _SUBJECT_SHOWN_CHARS), ensure_ascii=False)
+    if routed.disposition is Disposition.SHADOW:
+        return f"{clock} {where}  {routed.ticket.id:<16} {_shadow(routed)}  {subject}"
+    triage = f"  triage: {routed.triage_reason.value}" if routed.triage_reason else ""
     return (
         f"{clock} {where}  {routed.ticket.id:<16} {decision.queue or '-':<22} "
         f"conf {decision.confidence:.3f}  {_latency(routed)}{triage}  {subject}"
         f"{_help(routed) if routed.triage_reason else ''}"
+    )
+
+
+def _shadow(routed: RoutedTicket) -> str:
+    """A shadow decision: what autoroute would have done for a queue in shadow mode, whose
+    ticket went to triage ("SHADOW would have routed to vpn  conf 0.912  (...)")."""
+    decision = routed.decision
+    if routed.triage_reason is None:
+        would = f"would have routed to {decision.queue}"
+    else:
+        would = f"would have sent to triage ({routed.triage_reason.value}), best {decision.queue}"
+    return (
+        f"SHADOW {would}  conf {decision.confidence:.3f}  "
+        "(shadow mode: the ticket itself went to triage)"
     )
 
 
@@ -281,7 +300,10 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def tail(
-    queue: Annotated[str, typer.Argument(help="A taxonomy queue name, 'triage' or 'dead-letter'.")],
+    queue: Annotated[
+        str,
+        typer.Argument(help="A taxonomy queue name, 'triage', 'dead-letter' or 'shadow'."),
+    ],
     from_beginning: Annotated[
         bool,
         typer.Option("--from-beginning", help="Start at the oldest record (default: new ones)."),
@@ -300,8 +322,9 @@ def tail(
         Path | None, typer.Option(help="The worker's YAML settings file (env and flags win).")
     ] = None,
 ) -> None:
-    """Follow a queue's topic (or triage, or dead-letter) and print each record: ticket id,
-    queue, confidence, end-to-end latency, subject; the reason for dead letters. Uses a
+    """Follow a queue's topic (or triage, dead-letter, shadow) and print each record: ticket
+    id, queue, confidence, end-to-end latency, subject; the reason for dead letters; for
+    shadow, the queue the router WOULD have routed to (queues in shadow mode). Uses a
     consumer group of its own that never commits."""
     from schemas.taxonomy import TaxonomyError
     from worker import kafka_io
