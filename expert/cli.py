@@ -385,10 +385,16 @@ def calibrate_command(
     data: Annotated[
         Path | None, typer.Option("--data", help="The build's data, if it moved.")
     ] = None,
+    routing_score: Annotated[
+        bool,
+        typer.Option(
+            help="Fit a routing score (P(answer right)) for the thresholds to read (README)."
+        ),
+    ] = True,
 ) -> None:
     """Re-choose the global and per-queue thresholds on the card's validation rows (no
     retraining): after changing the target precision, or for an expert built before
-    per-queue thresholds."""
+    per-queue thresholds or the routing score."""
     from rich.console import Console
 
     from expert.calibrate import CalibrationError, recalibrate_card
@@ -403,6 +409,7 @@ def calibrate_command(
             min_predicted=min_queue_tickets,
             strength=strength,
             data_path=data,
+            with_score=routing_score,
         )
     except ExpertLoadError as exc:
         console.print(f"[red]{exc}[/]")
@@ -412,6 +419,14 @@ def calibrate_command(
         raise typer.Exit(2) from exc
     assert card.routing is not None
     console.print(_routing_summary(card.routing))
+    score = card.routing_score
+    console.print(
+        "the thresholds read the answered queue's probability"
+        if score is None
+        else f"the thresholds read a routing score fitted on {score.validation_examples} "
+        f"validation tickets ({len(score.features)} features, {score.neighbours} similar "
+        f"tickets; cross-fitted in {score.folds} folds)"
+    )
 
 
 def _routing_summary(routing: object) -> str:
