@@ -21,8 +21,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard, TrainingInfo
 from expert.dataset import read_examples
-from expert.fields import InputSpec, expert_input
+from expert.fields import InputSpec, expert_input, parse_fields
 from expert.lexical import LexicalModel, lexical_dir
 from expert.registry import Registry
 from expert.serving import EngineConfig, Prediction, load_card
@@ -30,7 +31,7 @@ from expert.similar import SimilarTicketIndex, similar_dir
 from expert.similar_build import training_tickets
 from feedback.decision_log import DecisionLog, LoggedDecision, decode_decision
 from feedback.promotion import ModelFigures, PromotionPolicy, decide, model_figures, paired
-from feedback.retrain import RetrainRequest, family_name, retrain
+from feedback.retrain import RetrainError, RetrainRequest, champion_of, family_name, retrain
 from feedback.retrain_data import (
     Holdout,
     RetrainDataError,
@@ -253,6 +254,62 @@ def test_a_field_experts_rows_read_what_its_build_and_the_worker_read(tmp_path: 
         "origin",
         "labeled_at",
     }
+
+
+def _card_only_registry(root: Path, inputs: InputSpec) -> Registry:
+    """A registry whose current version is a card (no weights: nothing here serves it)."""
+    folder = root / "built"
+    folder.mkdir(parents=True)
+    training = TrainingInfo(
+        data_path=str(root / "data.jsonl"),
+        data_sha256="0" * 64,
+        text_col="text",
+        label_col="label",
+        split_seed=0,
+        test_fraction=0.2,
+        train_examples=8,
+        test_examples=2,
+        epochs=1,
+        parameters=1,
+        total_parameters=1,
+        build_time_s=1.0,
+        final_loss=0.1,
+    )
+    card = ExpertCard(
+        kind="classifier",
+        model_id="unit-fields",
+        labels=FIELDS_QUEUES,
+        prompt_template=CLASSIFIER_TEMPLATE,
+        max_prompt_tokens=64,
+        training=training,
+        inputs=inputs,
+    )
+    (folder / CARD_FILENAME).write_text(card.to_json())
+    return _registry_with(folder, root / "registry")
+
+
+def test_a_field_champion_is_taken_and_what_retrain_cannot_carry_is_refused_clearly(
+    tmp_path: Path,
+) -> None:
+    fields = _card_only_registry(tmp_path / "a", FIELDS_INPUTS)
+    _, card = champion_of(fields)
+    assert card.inputs == FIELDS_INPUTS
+    # The retrain data keeps its own keys beside the field columns: a clash is refused.
+    clash = _card_only_registry(tmp_path / "b", InputSpec(fields=parse_fields("origin,site")))
+    with pytest.raises(RetrainError, match="named origin"):
+        champion_of(clash)
+    # The challenger reads the champion's fields: build settings naming others are refused
+    # before anything is read or built.
+    other = RETRAIN_RECIPE.model_copy(update={"inputs": InputSpec(fields=parse_fields("site"))})
+    request = RetrainRequest(
+        registry_dir=fields.root,
+        taxonomy_labels=FIELDS_QUEUES,
+        work_dir=tmp_path / "w",
+        recipe=other,
+    )
+    with pytest.raises(RetrainError, match="other inputs"):
+        retrain(request, [])
+    assert not (tmp_path / "w").exists()
 
 
 # ---------------------------------------------------------------- the rule (no engine)
