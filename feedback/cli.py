@@ -168,6 +168,7 @@ def decisions_lookup(
                 "decided_at": found.decided_at.isoformat(),
                 "source": found.source.value,
                 "record": f"{found.topic}[{found.partition}]@{found.offset}",
+                "fields": None if found.fields is None else dict(found.fields),
             },
             indent=2,
         )

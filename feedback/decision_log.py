@@ -1,12 +1,15 @@
 """The decision log: every routing decision by ticket id, and the feedback joined with it.
 
-Owns one SQLite file per feedback consumer (the only `sqlite3` import): the decisions
-read from the routed and triage topics with the position reached in each partition
-(stored in the same transaction, so a restart resumes exactly where the file ends, and a
-lost file is rebuilt from the topics), the labels (the latest feedback per ticket, with
-the text and the decision it was judged against), and the feedback held while its
-decision is not known yet. Memory stays bounded whatever the file holds: SQLite keeps
-at most `cache_mib` of pages in RAM and every read streams.
+Owns one SQLite file per feedback consumer (the only `sqlite3` import): the decisions read
+from the routed and triage topics with the position reached in each partition (stored in the
+same transaction, so a restart resumes exactly where the file ends, and a lost file is
+rebuilt from the topics), the labels (the latest feedback per ticket, with the text, field
+values and the decision it was judged against), and the feedback held while its decision is
+not known yet. Each decision keeps the routed ticket's structured field values
+(`feedback.ticket_fields`) so that a field expert can be retrained; a file written before
+they were kept gains the column on open, its older rows read as "not kept". Memory stays
+bounded whatever the file holds: SQLite keeps at most `cache_mib` of pages in RAM and every
+read streams.
 
 It decides nothing about Kafka or metrics (that is `feedback.consumer`); judging is one
 rule: a decision is right when the human's final queue is the queue it chose.
@@ -21,15 +24,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from feedback.ticket_fields import decode, encode, logged_values
 from schemas.feedback import Feedback, LabeledTicket
 from schemas.routing import Disposition, TriageReason
 from schemas.ticket import SourceSystem, Ticket
 
 TP = tuple[str, int]
 SCHEMA_VERSION = 1
+# Columns added after the first release (older files gain them on open, NULL in old rows).
+_ADDED_COLUMNS = {"decisions": ("fields",), "labels": ("fields",)}
 # SQLite's default limit on bound variables is 32766; stay well below it per IN (...).
 _IN_CHUNK = 500
 
@@ -47,6 +54,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     source TEXT NOT NULL,
     subject TEXT NOT NULL,
     body TEXT NOT NULL,
+    fields TEXT,
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     "offset" INTEGER NOT NULL
@@ -67,6 +75,7 @@ CREATE TABLE IF NOT EXISTS labels (
     feedback TEXT NOT NULL,
     subject TEXT,
     body TEXT,
+    fields TEXT,
     model_id TEXT,
     decided_queue TEXT,
     disposition TEXT,
@@ -108,6 +117,8 @@ class LoggedDecision:
         source: the ITSM tool the ticket came from.
         subject, body: the ticket's text as routed.
         topic, partition, offset: where the routed record is.
+        fields: the ticket's structured field values by address, canonical as the expert
+            reads them (`feedback.ticket_fields`); None when logged before they were kept.
     """
 
     ticket_id: str
@@ -124,6 +135,7 @@ class LoggedDecision:
     topic: str
     partition: int
     offset: int
+    fields: Mapping[str, tuple[str, ...]] | None = None
 
     @property
     def text(self) -> str:
@@ -142,6 +154,13 @@ class _RoutedTicket(BaseModel):
         source: SourceSystem = SourceSystem.CANONICAL
         subject: str
         body: str = ""
+        # The structured fields, as published (read into `LoggedDecision.fields`).
+        requester: str | None = None
+        priority: str | None = None
+        impact: str | None = None
+        urgency: str | None = None
+        category_hints: list[str] = []
+        custom_fields: dict[str, Any] = {}
 
     class _Decision(BaseModel):
         model_config = ConfigDict(extra="ignore")
@@ -179,6 +198,7 @@ def decode_decision(*, topic: str, partition: int, offset: int, value: bytes) ->
         topic=topic,
         partition=partition,
         offset=offset,
+        fields=logged_values(dict(routed.ticket)),
     )
 
 
@@ -251,6 +271,9 @@ class DecisionLog:
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # What to select for the field values: "fields", or NULL in a file from before them
+        # opened read-only (a writer adds the column).
+        self._fields = {"decisions": "NULL", "labels": "NULL"}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -281,6 +304,10 @@ class DecisionLog:
             if not self.read_only:
                 self._db.executescript(_SCHEMA)
                 self._check_version()
+                self._add_columns()
+            for table in self._fields:
+                if "fields" in self._columns(table):
+                    self._fields[table] = "fields"
         except sqlite3.Error as exc:
             self.close()
             raise DecisionLogError(f"{self.path}: cannot open the decision log: {exc}") from exc
@@ -307,6 +334,18 @@ class DecisionLog:
                 f"{self.path}: schema version {row[0]}, this router reads {SCHEMA_VERSION}; "
                 "move the file away and the consumer rebuilds it from the topics"
             )
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def _add_columns(self) -> None:
+        """Columns added since the file was created: added, NULL in its older rows (the
+        schema version stays: an older consumer still reads and writes such a file)."""
+        for table, columns in _ADDED_COLUMNS.items():
+            have = self._columns(table)
+            for column in columns:
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Close the file and release the lock (idempotent)."""
@@ -349,14 +388,15 @@ class DecisionLog:
                 """
                 INSERT INTO decisions (ticket_id, queue, confidence, disposition,
                     triage_reason, model_id, adapter_id, decided_at, source, subject, body,
-                    topic, partition, "offset")
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    fields, topic, partition, "offset")
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (ticket_id) DO UPDATE SET
                     queue = excluded.queue, confidence = excluded.confidence,
                     disposition = excluded.disposition, triage_reason = excluded.triage_reason,
                     model_id = excluded.model_id, adapter_id = excluded.adapter_id,
                     decided_at = excluded.decided_at, source = excluded.source,
-                    subject = excluded.subject, body = excluded.body, topic = excluded.topic,
+                    subject = excluded.subject, body = excluded.body, fields = excluded.fields,
+                    topic = excluded.topic,
                     partition = excluded.partition, "offset" = excluded."offset"
                 WHERE excluded.decided_at >= decisions.decided_at
                 """,
@@ -373,6 +413,7 @@ class DecisionLog:
                         d.source.value,
                         d.subject,
                         d.body,
+                        encode(d.fields),
                         d.topic,
                         d.partition,
                         d.offset,
@@ -416,11 +457,12 @@ class DecisionLog:
 
     def _decision(self, ticket_id: str) -> LoggedDecision | None:
         row = self.db.execute(
-            """
+            f"""
             SELECT ticket_id, queue, confidence, disposition, triage_reason, model_id,
-                adapter_id, decided_at, source, subject, body, topic, partition, "offset"
+                adapter_id, decided_at, source, subject, body, topic, partition, "offset",
+                {self._fields["decisions"]}
             FROM decisions WHERE ticket_id = ?
-            """,
+            """,  # noqa: S608 - a column name or NULL is formatted in
             (ticket_id,),
         ).fetchone()
         if row is None:
@@ -440,6 +482,7 @@ class DecisionLog:
             topic=row[11],
             partition=row[12],
             offset=row[13],
+            fields=decode(row[14]),
         )
 
     def count_decisions(self) -> int:
@@ -537,6 +580,7 @@ class DecisionLog:
             values |= {
                 "subject": decision.subject,
                 "body": decision.body,
+                "fields": encode(decision.fields),
                 "model_id": decision.model_id,
                 "decided_queue": decision.queue,
                 "disposition": decision.disposition.value,
@@ -584,19 +628,21 @@ class DecisionLog:
         This is what retraining reads (`ticket-router decisions labels` writes it as JSONL).
         """
         cursor = self.db.execute(
-            """
-            SELECT ticket_id, subject, body, final_queue, occurred_at, model_id FROM labels
+            f"""
+            SELECT ticket_id, subject, body, final_queue, occurred_at, model_id,
+                {self._fields["labels"]} FROM labels
             WHERE subject IS NOT NULL AND occurred_at >= ? ORDER BY occurred_at, ticket_id
-            """,
+            """,  # noqa: S608 - a column name or NULL is formatted in
             (_ts(since) if since is not None else float("-inf"),),
         )
-        for ticket_id, subject, body, queue, occurred_at, model_id in cursor:
+        for ticket_id, subject, body, queue, occurred_at, model_id, fields in cursor:
             yield LabeledTicket(
                 ticket_id=ticket_id,
                 text=Ticket.model_construct(subject=subject, body=body or "").text(),
                 label=queue,
                 labeled_at=_dt(occurred_at),
                 decided_by=model_id,
+                fields=decode(fields),
             )
 
 

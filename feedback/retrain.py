@@ -29,6 +29,7 @@ import structlog
 from expert.card import ExpertCard
 from expert.dataset import file_sha256
 from expert.engine import BatchExpert
+from expert.fields import InputSpec
 from expert.recipe import BuildReport, Preset, RecipeConfig, build
 from expert.registry import Registry, RegistryError, VersionInfo
 from expert.serving import EngineConfig, Prediction, load_card
@@ -42,13 +43,15 @@ from feedback.promotion import (
     render_markdown,
 )
 from feedback.retrain_data import (
+    ROW_KEYS,
     Holdout,
     RetrainData,
     RetrainDataError,
     Row,
+    SettledRows,
     assemble,
-    feedback_rows,
     read_original,
+    settled_rows,
     write_rows,
 )
 from schemas.feedback import LabeledTicket
@@ -63,7 +66,8 @@ _STAMP = re.compile(r"^\d{8}T\d{6}Z-")
 
 
 class RetrainError(RuntimeError):
-    """The retrain cannot start: no champion, or its training data cannot be found as built."""
+    """The retrain cannot start: no champion, its training data cannot be found as built, or
+    the challenger could not read what the champion reads."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,8 @@ def champion_of(registry: Registry) -> tuple[VersionInfo, ExpertCard]:
     """The registry's current version and its card.
 
     Raises:
-        RetrainError: no current version, its card has no training record, or it reads
-            structured fields (retrain cannot carry them yet).
+        RetrainError: no current version, its card has no training record, or a field
+            column it reads has the name of a column the retrain data uses itself.
     """
     try:
         current = registry.current()
@@ -126,13 +130,13 @@ def champion_of(registry: Registry) -> tuple[VersionInfo, ExpertCard]:
     card = load_card(current.path)
     if card.training is None:
         raise RetrainError(f"version {current.version}: its card records no training data")
-    if card.inputs.fields or not card.inputs.reads_text:
-        # The decision log keeps a settled ticket's text, not its fields: a challenger built
-        # from it would read less than the champion. Refused rather than built worse.
+    if clash := sorted(set(card.inputs.columns) & set(ROW_KEYS)):
+        # The challenger must read the champion's columns by the same names, and the
+        # retrain data spells its own keys with these.
         raise RetrainError(
-            f"version {current.version} reads structured fields ({', '.join(card.inputs.columns)}):"
-            " retraining such an expert from feedback is not supported yet; rebuild it with"
-            " `expert build --fields`"
+            f"version {current.version} reads a field column named {', '.join(clash)}, a"
+            " name the retrain data uses for itself: retraining it is not supported; rebuild"
+            " it with the field renamed (`--fields NEW_NAME=ADDRESS`)"
         )
     return current, card
 
@@ -152,7 +156,9 @@ def original_rows(card: ExpertCard, override: Path | None) -> tuple[list[Row], P
             f"{path} changed since the champion was built (its digest differs from the"
             " card's): pass --original-data FILE to retrain from it anyway"
         )
-    rows = read_original(path, text_col=training.text_col, label_col=training.label_col)
+    rows = read_original(
+        path, text_col=training.text_col, label_col=training.label_col, inputs=card.inputs
+    )
     return rows, path
 
 
@@ -201,7 +207,7 @@ def retrain(
         The outcome; `report.promoted_version` is set when the challenger was promoted.
 
     Raises:
-        RetrainError: no champion, its data changed, or it reads structured fields.
+        RetrainError: no champion, its data changed, or the recipe names other inputs.
         RetrainDataError: too little feedback for the slice, unreadable data.
         expert.build.BuildError: the challenger could not be built.
         expert.engine.ExpertLoadError: an expert could not be served.
@@ -212,13 +218,10 @@ def retrain(
     wall: dict[str, float] = {}
     registry = Registry(request.registry_dir)
     champion, card = champion_of(registry)
+    recipe = _challenger_recipe(request.recipe, card)
     original, original_path = original_rows(card, request.original_data)
-    data = assemble(
-        original,
-        feedback_rows(feedback),
-        holdout=request.holdout,
-        feedback_weight=request.feedback_weight,
-    )
+    settled = settled_rows(feedback, inputs=card.inputs)
+    data = _assembled(original, settled, request=request)
     now = datetime.now(UTC)
     version = _version_name(card.model_id, now)
     run_dir = Path(request.work_dir) / version
@@ -230,15 +233,17 @@ def retrain(
         f" ({data.counts['original_rows']} original, {data.counts['feedback_rows_trained_on']}"
         f" from feedback), {data.counts['evaluation_rows']} recent feedback rows to judge on"
     )
+    if settled.without_fields:
+        say(
+            f"{settled.without_fields} settled tickets left out: decided before the decision"
+            f" log kept field values, and the champion reads {', '.join(card.inputs.columns)}"
+        )
     t0 = time.perf_counter()
-    recipe = request.recipe.model_copy(
-        update={"model_id": request.recipe.model_id or family_name(card.model_id)}
-    )
     challenger_dir = run_dir / "expert"
     built = build(
         data_path,
         challenger_dir,
-        text_col="text",
+        text_col="text" if card.inputs.reads_text else None,
         label_col="label",
         config=recipe,
         taxonomy_labels=list(request.taxonomy_labels),
@@ -277,6 +282,46 @@ def retrain(
     )
 
 
+def _challenger_recipe(recipe: RecipeConfig, card: ExpertCard) -> RecipeConfig:
+    """The recipe with the champion's family name and inputs: the challenger reads what the
+    champion reads (both answer the same rendered rows).
+
+    Raises:
+        RetrainError: the recipe names other inputs than the champion's card.
+    """
+    if recipe.inputs not in (InputSpec(), card.inputs):
+        raise RetrainError(
+            "the build settings name other inputs than the champion reads: a retrain keeps"
+            " the champion's (build a new expert to change them)"
+        )
+    return recipe.model_copy(
+        update={"model_id": recipe.model_id or family_name(card.model_id), "inputs": card.inputs}
+    )
+
+
+def _assembled(
+    original: list[Row], settled: SettledRows, *, request: RetrainRequest
+) -> RetrainData:
+    """`assemble`, with the settled tickets left out for lack of fields counted (and named
+    when too few rows are left to judge on)."""
+    try:
+        data = assemble(
+            original,
+            settled.rows,
+            holdout=request.holdout,
+            feedback_weight=request.feedback_weight,
+        )
+    except RetrainDataError as exc:
+        if settled.without_fields:
+            raise RetrainDataError(
+                f"{exc} ({settled.without_fields} more settled tickets were left out: decided"
+                " before the decision log kept field values)"
+            ) from exc
+        raise
+    data.counts["feedback_tickets_without_fields"] = settled.without_fields
+    return data
+
+
 def _judge(
     request: RetrainRequest,
     *,
@@ -289,7 +334,7 @@ def _judge(
     wall: dict[str, float],
     say: Callable[[str], None],
 ) -> PromotionReport:
-    texts = [r.text for r in data.evaluation]
+    texts = [r.expert_input(champion_card.inputs) for r in data.evaluation]
     truth = [r.label for r in data.evaluation]
     say(f"scoring the champion and the challenger on the same {len(texts)} rows through vLLM")
     old, placement = answers(champion.path, texts, engine=request.engine)

@@ -1,11 +1,14 @@
 """A challenger's data: the champion's original training rows plus the desk's settled tickets,
 and the slice of recent feedback both experts are judged on.
 
-Owns reading the original data file with its ticket ids (when it has them), merging it with
-labeled tickets from the decision log (one row per ticket id: the human's final queue wins
-over an original label), and carving the evaluation slice: the most recent feedback, by a
-stated share or time window, made only of tickets the champion never trained on (a ticket
-id that is in the original data is never judged on). Pure apart from reading and writing
+Owns reading the original data file with its ticket ids (when it has them) and, for an
+expert that reads structured fields, each row's field values (canonical, as the build reads
+them), merging it with labeled tickets from the decision log (one row per ticket id: the
+human's final queue wins over an original label), and carving the evaluation slice: the most
+recent feedback, by a stated share or time window, made only of tickets the champion never
+trained on (a ticket id that is in the original data is never judged on). Rows are written
+in the form `expert build` reads (`text`, `label`, and one column per field the expert
+reads), so the challenger reads what the champion reads. Pure apart from reading and writing
 JSONL/CSV files; it trains nothing and decides nothing about promotion.
 """
 
@@ -14,11 +17,13 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from expert.fields import InputSpec, render, row_values
+from feedback.ticket_fields import column_values
 from schemas.email_text import strip_email_noise
 from schemas.feedback import LabeledTicket
 
@@ -26,6 +31,8 @@ from schemas.feedback import LabeledTicket
 ID_FIELDS = ("ticket_id", "id", "ticket.id", "number", "key")
 ORIGIN_ORIGINAL = "original"
 ORIGIN_FEEDBACK = "feedback"
+# The keys a written row uses for itself: a field column cannot share one.
+ROW_KEYS = ("text", "label", "ticket_id", "origin", "labeled_at")
 
 
 class RetrainDataError(ValueError):
@@ -42,6 +49,8 @@ class Row:
         ticket_id: the ticket's id, when known.
         origin: "original" (the champion's data) or "feedback" (a human settled it).
         labeled_at: when the human's latest feedback occurred (feedback rows only).
+        values: each structured field's canonical values, by its data column (empty for
+            an expert that reads text only).
     """
 
     text: str
@@ -49,12 +58,31 @@ class Row:
     ticket_id: str | None = None
     origin: str = ORIGIN_ORIGINAL
     labeled_at: datetime | None = None
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, object]:
-        """The JSONL record `expert build --data` reads (`text`, `label`) and the rest."""
-        record = asdict(self)
-        record["labeled_at"] = self.labeled_at.isoformat() if self.labeled_at else None
+        """The JSONL record `expert build --data [--fields ...]` reads (`text`, `label`, a
+        list of values per field column) and the rest."""
+        record: dict[str, object] = {
+            "text": self.text,
+            "label": self.label,
+            "ticket_id": self.ticket_id,
+            "origin": self.origin,
+            "labeled_at": self.labeled_at.isoformat() if self.labeled_at else None,
+        }
+        record |= {column: list(found) for column, found in self.values.items()}
         return record
+
+    def expert_input(self, inputs: InputSpec) -> str:
+        """What the expert reads for this row, as the build renders it (`text` alone for
+        an expert without fields)."""
+        values = [self.values.get(column, ()) for column in inputs.columns]
+        return render(inputs, text=self.text if inputs.reads_text else "", values=values)
+
+    @property
+    def content(self) -> tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]:
+        """The text and field values (what makes two rows read alike)."""
+        return self.text, tuple(sorted(self.values.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +131,30 @@ def _field(record: dict[str, object], dotted: str) -> object:
     return node
 
 
-def _row(record: dict[str, object], *, text_col: str, label_col: str) -> Row | None:
+def _row(
+    record: dict[str, object], *, text_col: str, label_col: str, inputs: InputSpec
+) -> Row | None:
     label = str(record.get(label_col) or "").strip()
     if not label:
         return None  # expert.dataset skips unlabeled rows too
-    text = strip_email_noise(str(record.get(text_col) or "").strip())
+    text = strip_email_noise(str(record.get(text_col) or "").strip()) if text_col else ""
     ticket_id = next(
         (str(v) for f in ID_FIELDS if (v := _field(record, f)) not in (None, "")), None
     )
     origin = str(record.get("origin") or ORIGIN_ORIGINAL)
     labeled = record.get("labeled_at")
     labeled_at = datetime.fromisoformat(labeled) if isinstance(labeled, str) and labeled else None
-    return Row(text, label, ticket_id, origin, labeled_at)
+    values = {spec.column: row_values(record, spec) for spec in inputs.fields}
+    return Row(text, label, ticket_id, origin, labeled_at, values)
 
 
-def read_original(path: Path, *, text_col: str, label_col: str) -> list[Row]:
+def read_original(
+    path: Path, *, text_col: str, label_col: str, inputs: InputSpec | None = None
+) -> list[Row]:
     """The champion's training rows, read as `expert.dataset.read_examples` reads them
-    (unlabeled rows skipped, email noise removed), with each row's ticket id when the file
-    has one (`ID_FIELDS`).
+    (unlabeled rows skipped, email noise removed, each field of `inputs` canonical; a
+    missing one is blank, as the build read it), with each row's ticket id when the file
+    has one (`ID_FIELDS`). An empty `text_col` reads no text (an expert of fields only).
 
     Raises:
         RetrainDataError: missing file, a line that is not JSON, missing fields.
@@ -131,13 +165,14 @@ def read_original(path: Path, *, text_col: str, label_col: str) -> list[Row]:
             f"{path}: the champion's training data is missing (its card names it); pass"
             " --original-data FILE"
         )
+    inputs = inputs or InputSpec()
     rows: list[Row] = []
     for number, record in enumerate(_records(path), start=1):
-        if text_col not in record or label_col not in record:
+        if (text_col and text_col not in record) or label_col not in record:
             raise RetrainDataError(
                 f"{path}: record {number} has no {text_col!r} or {label_col!r} field"
             )
-        row = _row(record, text_col=text_col, label_col=label_col)
+        row = _row(record, text_col=text_col, label_col=label_col, inputs=inputs)
         if row is not None:
             rows.append(row)
     if not rows:
@@ -164,18 +199,51 @@ def _records(path: Path) -> Iterable[dict[str, object]]:
             yield record
 
 
-def feedback_rows(labeled: Iterable[LabeledTicket]) -> list[Row]:
-    """One row per ticket id (the latest feedback wins), oldest feedback first."""
+@dataclass(frozen=True, slots=True)
+class SettledRows:
+    """The settled tickets as rows, and those left out.
+
+    Attributes:
+        rows: one row per ticket id (the latest feedback wins), oldest feedback first.
+        without_fields: tickets left out because their decision was logged before the log
+            kept field values, and the expert reads fields.
+    """
+
+    rows: list[Row]
+    without_fields: int = 0
+
+
+def settled_rows(labeled: Iterable[LabeledTicket], *, inputs: InputSpec) -> SettledRows:
+    """The settled tickets as rows for an expert reading `inputs`.
+
+    A ticket whose decision carries no field values (logged before the log kept them) is
+    left out and counted when the expert reads fields: trained with blank fields it would
+    teach the challenger that those tickets have none, which the router never sees; refusing
+    the whole retrain instead would stop the loop for as long as such labels are in the log
+    (labels are never pruned). The count is in the report, and too few rows left still
+    fail the slice's minimum.
+    """
     latest: dict[str, LabeledTicket] = {}
     for item in labeled:
         seen = latest.get(item.ticket_id)
         if seen is None or item.labeled_at >= seen.labeled_at:
             latest[item.ticket_id] = item
     ordered = sorted(latest.values(), key=lambda t: (t.labeled_at, t.ticket_id))
-    return [
-        Row(strip_email_noise(t.text), t.label, t.ticket_id, ORIGIN_FEEDBACK, t.labeled_at)
-        for t in ordered
-    ]
+    rows, without = [], 0
+    for t in ordered:
+        if inputs.fields and t.fields is None:
+            without += 1
+            continue
+        values = column_values(t.fields or {}, inputs)
+        text = strip_email_noise(t.text)
+        rows.append(Row(text, t.label, t.ticket_id, ORIGIN_FEEDBACK, t.labeled_at, values))
+    return SettledRows(rows, without)
+
+
+def feedback_rows(labeled: Iterable[LabeledTicket]) -> list[Row]:
+    """One row per ticket id (the latest feedback wins), oldest feedback first (an expert
+    that reads text only)."""
+    return settled_rows(labeled, inputs=InputSpec()).rows
 
 
 def _slice_start(eligible: Sequence[Row], holdout: Holdout) -> int:
@@ -232,7 +300,7 @@ def assemble(
             " rows in all): wait for more feedback or widen the holdout"
         )
     train = [*kept, *([*known, *older] * feedback_weight)]
-    seen_texts = {r.text for r in train}
+    seen = {r.content for r in train}
     return RetrainData(
         train=train,
         evaluation=evaluation,
@@ -245,13 +313,14 @@ def assemble(
             "feedback_weight": feedback_weight,
             "training_rows": len(train),
             "evaluation_rows": len(evaluation),
-            "evaluation_texts_also_in_training": sum(r.text in seen_texts for r in evaluation),
+            "evaluation_texts_also_in_training": sum(r.content in seen for r in evaluation),
         },
     )
 
 
 def write_rows(rows: Iterable[Row], path: Path) -> Path:
-    """Write rows as JSONL (`text`, `label`, `ticket_id`, `origin`, `labeled_at`)."""
+    """Write rows as JSONL (`text`, `label`, `ticket_id`, `origin`, `labeled_at`, and a
+    list of values per field column)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:

@@ -104,6 +104,10 @@ class LabeledTicket(BaseModel):
         label: the human's final queue.
         labeled_at: when the latest feedback on the ticket occurred.
         decided_by: the expert version whose decision the feedback was joined with.
+        fields: the ticket's structured field values as the expert reads them, by field
+            address (`priority`, `category_hints`, `custom_fields.cmdb_ci`: see
+            `expert.fields`; a field the ticket lacked is absent); None when the decision
+            was logged before the log kept fields (a field expert cannot learn from it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -113,3 +117,4 @@ class LabeledTicket(BaseModel):
     label: str = Field(pattern=QUEUE_NAME_PATTERN)
     labeled_at: AwareDatetime
     decided_by: str | None = None
+    fields: dict[str, tuple[str, ...]] | None = None

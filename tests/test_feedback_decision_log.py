@@ -1,16 +1,20 @@
-"""The decision log (SQLite): decisions by ticket id, the join, held feedback, windows, labels."""
+"""The decision log (SQLite): decisions by ticket id, the join, held feedback, windows, labels,
+and the field values each decision keeps (also in a file written before they were kept)."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from expert.fields import MULTI_VALUED, TICKET_SCALARS, FieldSpec, ticket_values
+from feedback import decision_log
 from feedback.decision_log import DecisionLog, DecisionLogError, LoggedDecision, decode_decision
-from schemas.feedback import Feedback, FeedbackOutcome
-from schemas.routing import Disposition, TriageReason
-from schemas.ticket import SourceSystem
+from schemas.feedback import Feedback, FeedbackOutcome, LabeledTicket
+from schemas.routing import Disposition, RoutedTicket, RoutingDecision, TriageReason
+from schemas.ticket import Level, Priority, SourceSystem, Ticket
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 NOW = T0.timestamp() + 3600
@@ -183,9 +187,6 @@ def test_labeled_tickets_carry_the_text_the_expert_read(store: DecisionLog) -> N
 
 
 def test_routed_records_decode_and_others_are_refused() -> None:
-    from schemas.routing import RoutedTicket, RoutingDecision
-    from schemas.ticket import Ticket
-
     routed = RoutedTicket(
         ticket=Ticket(id="ITSM-42", subject="Finance drive", created_at=T0),
         decision=RoutingDecision(
@@ -213,3 +214,139 @@ def test_routed_records_decode_and_others_are_refused() -> None:
     )
     with pytest.raises(ValueError):
         decode_decision(topic="t", partition=1, offset=9, value=b'{"ticket": 1}')
+
+
+# ---------------------------------------------------------------- structured field values
+
+
+def _routed(ticket: Ticket) -> bytes:
+    return (
+        RoutedTicket(
+            ticket=ticket,
+            decision=RoutingDecision(
+                queue="network_vpn", confidence=0.9, model_id="expert-f", engine_latency_s=0.01
+            ),
+            disposition=Disposition.ROUTED,
+            topic="tickets.routed.network-vpn",
+            source_topic="tickets.inbound",
+            source_partition=0,
+            source_offset=1,
+            received_at=T0,
+            decided_at=T0,
+            published_at=T0,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def _field_ticket() -> Ticket:
+    """A ticket with every kind of field value an adapter passes: scalars the `Ticket`
+    normalised, hints, a reference object, a list, text needing canonical form, empties."""
+    return Ticket(
+        id="INC77",
+        source=SourceSystem.SERVICENOW,
+        created_at=T0,
+        subject="VPN down",
+        body="GlobalProtect says gateway unreachable.",
+        requester="Bob Example",
+        priority=Priority.P2,
+        impact=Level.HIGH,
+        category_hints=("Network", "  VPN  | remote "),
+        custom_fields={
+            "cmdb_ci": {"display_value": "GlobalProtect Gateway", "link": "https://x/1"},
+            "location": "Berlin   HQ",
+            "watch_list": ["a@x.example", "b@x.example", ""],
+            "u_empty": "",
+            "u_none": None,
+            "reopen_count": 2,
+            "active": True,
+        },
+    )
+
+
+def _every_address(ticket: Ticket) -> list[FieldSpec]:
+    addresses = [*TICKET_SCALARS, *MULTI_VALUED, "custom_fields.u_missing"]
+    addresses += [f"custom_fields.{key}" for key in ticket.custom_fields]
+    return [FieldSpec(address=a, column=f"c{i}") for i, a in enumerate(addresses)]
+
+
+def test_a_decision_keeps_the_field_values_the_expert_read_through_reopen_and_pruning(
+    tmp_path: Path,
+) -> None:
+    ticket = _field_ticket()
+    got = decode_decision(topic="t", partition=0, offset=5, value=_routed(ticket))
+    assert got.fields is not None
+    # Every address an expert can name reads here exactly what `expert_input` read on the
+    # served ticket (`ticket_values`); a field the ticket lacks is absent, not blank.
+    for spec in _every_address(ticket):
+        assert got.fields.get(spec.address, ()) == ticket_values(ticket, spec), spec.address
+    assert "custom_fields.u_empty" not in got.fields
+    assert got.fields["custom_fields.cmdb_ci"] == ("globalprotect gateway",)
+    assert got.fields["category_hints"] == ("network", "vpn / remote")
+    path = tmp_path / "decisions.sqlite3"
+    writer = DecisionLog(path, durable=False)
+    writer.open()
+    writer.add_decisions([got], {("t", 0): 6}, now=NOW)
+    writer.add_feedback([feedback("INC77", "network_vpn")], now=NOW)
+    writer.prune_decisions(decided_before=NOW)  # the label keeps its own copy
+    writer.add_decisions([decision("INC78")], {}, now=NOW)  # a text-only decision: none kept
+    writer.close()
+    reader = DecisionLog(path, read_only=True)
+    reader.open()
+    try:
+        (label,) = reader.labeled_tickets()
+        assert label.fields == got.fields
+        found = reader.lookup("INC78")
+        assert found is not None and found.fields is None
+    finally:
+        reader.close()
+
+
+def test_a_labeled_ticket_line_without_fields_still_loads() -> None:
+    line = (
+        '{"ticket_id": "INC1", "text": "vpn down", "label": "network_vpn",'
+        ' "labeled_at": "2026-11-27T09:00:00+00:00", "decided_by": "expert-a"}'
+    )
+    assert LabeledTicket.model_validate_json(line).fields is None
+    with_fields = LabeledTicket.model_validate_json(line[:-1] + ', "fields": {"priority": ["p2"]}}')
+    assert with_fields.fields == {"priority": ("p2",)}
+
+
+def test_a_log_written_before_field_values_were_kept_opens_and_reads_them_as_not_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    old_schema = "\n".join(
+        line for line in decision_log._SCHEMA.splitlines() if line.strip() != "fields TEXT,"
+    )
+    assert old_schema != decision_log._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (decision_log.SCHEMA_VERSION,))
+    db.execute(
+        "INSERT INTO decisions VALUES ('OLD1', 'network_vpn', 0.9, 'routed', NULL, 'expert-a',"
+        " NULL, ?, 'servicenow', 'VPN down', 'no tunnel', 't', 0, 0)",
+        (T0.timestamp(),),
+    )
+    db.commit()
+    db.close()
+    reader = DecisionLog(path, read_only=True)  # beside an older consumer still writing it
+    reader.open()
+    try:
+        old = reader.lookup("OLD1")
+        assert old is not None and old.fields is None and old.body == "no tunnel"
+    finally:
+        reader.close()
+    writer = DecisionLog(path, durable=False)
+    writer.open()
+    try:
+        writer.add_feedback([feedback("OLD1", "database")], now=NOW)
+        new = decode_decision(topic="t", partition=0, offset=1, value=_routed(_field_ticket()))
+        writer.add_decisions([new], {("t", 0): 2}, now=NOW)
+        writer.add_feedback([feedback("INC77", "network_vpn")], now=NOW)
+        labels = {t.ticket_id: t for t in writer.labeled_tickets()}
+        assert labels["OLD1"].fields is None and labels["OLD1"].label == "database"
+        assert labels["INC77"].fields == new.fields
+    finally:
+        writer.close()

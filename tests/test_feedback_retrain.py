@@ -4,13 +4,16 @@ The unit tests check the data rules (one row per ticket, the human's queue wins,
 only recent feedback on tickets the champion never trained on) and the promotion rule. The
 two retrains build a real challenger with the tiny recipe and score champion and challenger
 through vLLM: one taught by feedback about a product the champion never saw (promoted), one
-taught by a desk that filed most tickets in the wrong queue (refused, the champion stays).
+taught by a desk that filed most tickets in the wrong queue (refused, the champion stays), and
+one of an expert that reads structured fields, from a decision log the routed records filled
+(the challenger reads the champion's fields; tickets logged without them are left out).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,14 +21,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from expert.card import CARD_FILENAME, CLASSIFIER_TEMPLATE, ExpertCard, TrainingInfo
+from expert.dataset import read_examples
+from expert.fields import InputSpec, expert_input, parse_fields
 from expert.lexical import LexicalModel, lexical_dir
 from expert.registry import Registry
 from expert.serving import EngineConfig, Prediction, load_card
 from expert.similar import SimilarTicketIndex, similar_dir
 from expert.similar_build import training_tickets
-from feedback.decision_log import DecisionLog, LoggedDecision
+from feedback.decision_log import DecisionLog, LoggedDecision, decode_decision
 from feedback.promotion import ModelFigures, PromotionPolicy, decide, model_figures, paired
-from feedback.retrain import RetrainRequest, family_name, retrain
+from feedback.retrain import RetrainError, RetrainRequest, champion_of, family_name, retrain
 from feedback.retrain_data import (
     Holdout,
     RetrainDataError,
@@ -33,15 +39,24 @@ from feedback.retrain_data import (
     assemble,
     feedback_rows,
     read_original,
+    settled_rows,
+    write_rows,
 )
 from loadgen.corpus import QUEUES, generate
 from loadgen.corpus import LabeledTicket as CorpusTicket
 from loadgen.corpus_drift import NEW_PRODUCT_QUEUE, Drift
 from schemas.feedback import Feedback, FeedbackOutcome, LabeledTicket
-from schemas.routing import Disposition
+from schemas.routing import Disposition, RoutedTicket, RoutingDecision
 from schemas.taxonomy import Taxonomy
-from schemas.ticket import SourceSystem
-from tests.expert_fixtures import TINY_CONFIG, TINY_RECIPE_CONFIG, VLLM_CACHE
+from schemas.ticket import Priority, SourceSystem, Ticket
+from tests.expert_fixtures import (
+    FIELDS_INPUTS,
+    FIELDS_QUEUES,
+    TINY_CONFIG,
+    TINY_RECIPE_CONFIG,
+    VLLM_CACHE,
+    fields_rows,
+)
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 # The tiny recipe with one epoch: the challengers differ by what they learn from feedback,
@@ -146,6 +161,155 @@ def test_original_rows_are_read_like_the_builder_reads_them_with_their_ids(tmp_p
     assert "iPhone" not in rows[1].text
     with pytest.raises(RetrainDataError, match="missing"):
         read_original(tmp_path / "nope.jsonl", text_col="text", label_col="label")
+
+
+def _field_ticket(ticket_id: str, row: dict[str, str]) -> Ticket:
+    """A served ServiceNow ticket carrying a `fields_rows` row's fields where the adapter puts
+    them (the site a reference object, the priority normalised)."""
+    return Ticket(
+        id=ticket_id,
+        source=SourceSystem.SERVICENOW,
+        created_at=T0,
+        subject=row["text"],
+        priority=Priority(f"P{row['priority'][0]}"),
+        custom_fields={"site": {"display_value": row["site"], "value": f"sys-{ticket_id}"}},
+    )
+
+
+def _published(
+    ticket: Ticket, *, queue: str, seconds: float = 0.0, offset: int = 0
+) -> LoggedDecision:
+    """The decision as the feedback consumer reads it off the routed topic."""
+    at = T0 + timedelta(seconds=seconds)
+    routed = RoutedTicket(
+        ticket=ticket,
+        decision=RoutingDecision(
+            queue=queue, confidence=0.9, model_id="tiny-fields", engine_latency_s=0.01
+        ),
+        disposition=Disposition.ROUTED,
+        topic=f"tickets.routed.{queue}",
+        source_topic="tickets.inbound",
+        source_partition=0,
+        source_offset=offset,
+        received_at=at,
+        decided_at=at,
+        published_at=at,
+    )
+    return decode_decision(
+        topic=routed.topic, partition=0, offset=offset, value=routed.model_dump_json().encode()
+    )
+
+
+def test_a_field_experts_rows_read_what_its_build_and_the_worker_read(tmp_path: Path) -> None:
+    rows = fields_rows(30, seed=5)
+    rows[0]["site"] = ""  # blank in the data: blank for the build, blank here
+    del rows[1]["priority"]
+    original_path = tmp_path / "fields.jsonl"
+    original_path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    rows_12 = fields_rows(12, seed=6)
+    tickets = [_field_ticket(f"FB{i}", r) for i, r in enumerate(rows_12)]
+    labeled_ = [
+        LabeledTicket(
+            ticket_id=t.id,
+            text=t.text(),
+            label="access",
+            labeled_at=T0 + timedelta(minutes=i),
+            fields=_published(t, queue="network").fields,
+        )
+        for i, t in enumerate(tickets)
+    ]
+    old = labeled("OLD1", "hardware", 99)  # decided before the log kept fields
+    for inputs, text_col in (
+        (FIELDS_INPUTS, "text"),
+        (InputSpec(fields=FIELDS_INPUTS.fields, reads_text=False), ""),
+    ):
+        original = read_original(original_path, text_col=text_col, label_col="label", inputs=inputs)
+        built = read_examples(
+            original_path, text_col=text_col or None, label_col="label", inputs=inputs
+        )
+        assert [r.expert_input(inputs) for r in original] == built.texts
+        settled = settled_rows([*labeled_, old], inputs=inputs)
+        assert settled.without_fields == 1
+        assert [r.ticket_id for r in settled.rows] == [t.id for t in tickets]
+        # Exactly what the worker's engine read for each ticket (`expert_input`).
+        assert [r.expert_input(inputs) for r in settled.rows] == [
+            expert_input(t, inputs) for t in tickets
+        ]
+        # Written for the challenger's build, the rows read back as the same inputs.
+        data = write_rows([*original, *settled.rows], tmp_path / "data.jsonl")
+        retrain_text_col = "text" if inputs.reads_text else None
+        again = read_examples(data, text_col=retrain_text_col, label_col="label", inputs=inputs)
+        assert again.texts == [r.expert_input(inputs) for r in [*original, *settled.rows]]
+    assert settled.rows[0].values == {
+        "site": (rows_12[0]["site"],),
+        "priority": ("p" + rows_12[0]["priority"][0],),
+    }
+    # An expert reading text learns from every settled ticket, with or without fields.
+    text_only = settled_rows([*labeled_, old], inputs=InputSpec())
+    assert (len(text_only.rows), text_only.without_fields) == (13, 0)
+    assert text_only.rows[0].to_record().keys() == {
+        "text",
+        "label",
+        "ticket_id",
+        "origin",
+        "labeled_at",
+    }
+
+
+def _card_only_registry(root: Path, inputs: InputSpec) -> Registry:
+    """A registry whose current version is a card (no weights: nothing here serves it)."""
+    folder = root / "built"
+    folder.mkdir(parents=True)
+    training = TrainingInfo(
+        data_path=str(root / "data.jsonl"),
+        data_sha256="0" * 64,
+        text_col="text",
+        label_col="label",
+        split_seed=0,
+        test_fraction=0.2,
+        train_examples=8,
+        test_examples=2,
+        epochs=1,
+        parameters=1,
+        total_parameters=1,
+        build_time_s=1.0,
+        final_loss=0.1,
+    )
+    card = ExpertCard(
+        kind="classifier",
+        model_id="unit-fields",
+        labels=FIELDS_QUEUES,
+        prompt_template=CLASSIFIER_TEMPLATE,
+        max_prompt_tokens=64,
+        training=training,
+        inputs=inputs,
+    )
+    (folder / CARD_FILENAME).write_text(card.to_json())
+    return _registry_with(folder, root / "registry")
+
+
+def test_a_field_champion_is_taken_and_what_retrain_cannot_carry_is_refused_clearly(
+    tmp_path: Path,
+) -> None:
+    fields = _card_only_registry(tmp_path / "a", FIELDS_INPUTS)
+    _, card = champion_of(fields)
+    assert card.inputs == FIELDS_INPUTS
+    # The retrain data keeps its own keys beside the field columns: a clash is refused.
+    clash = _card_only_registry(tmp_path / "b", InputSpec(fields=parse_fields("origin,site")))
+    with pytest.raises(RetrainError, match="named origin"):
+        champion_of(clash)
+    # The challenger reads the champion's fields: build settings naming others are refused
+    # before anything is read or built.
+    other = RETRAIN_RECIPE.model_copy(update={"inputs": InputSpec(fields=parse_fields("site"))})
+    request = RetrainRequest(
+        registry_dir=fields.root,
+        taxonomy_labels=FIELDS_QUEUES,
+        work_dir=tmp_path / "w",
+        recipe=other,
+    )
+    with pytest.raises(RetrainError, match="other inputs"):
+        retrain(request, [])
+    assert not (tmp_path / "w").exists()
 
 
 # ---------------------------------------------------------------- the rule (no engine)
@@ -389,3 +553,72 @@ def test_feedback_about_a_new_product_makes_a_challenger_that_is_promoted(
     # The challenger's card names the data it was built from, for the next retrain.
     data = json.loads((current.path / "expert.json").read_text())["training"]["data_path"]
     assert Path(data) == (tmp_path / "work" / current.version / "data.jsonl").resolve()
+
+
+@pytest.mark.integration
+def test_a_fields_expert_keeps_its_learning_loop(tiny_fields_dir: Path, tmp_path: Path) -> None:
+    """The site decides the queue; the desk moved site-network's tickets to the access team.
+    The decision log is filled from the routed records as published, a few decisions from
+    before it kept fields among them: the challenger reads the champion's fields, learns the
+    move from them, and is promoted; the old decisions are left out and counted."""
+    champion_card = load_card(tiny_fields_dir)
+    assert champion_card.inputs == FIELDS_INPUTS
+    registry = _registry_with(tiny_fields_dir, tmp_path / "registry")
+    rows = fields_rows(400, seed=41)
+    moved = {"site-network": "access"}
+    tickets = [_field_ticket(f"FB{i:05d}", row) for i, row in enumerate(rows)]
+    truth = [moved.get(row["site"], row["label"]) for row in rows]
+    assert sum(q == "access" for q in truth) > 200
+    decisions = [
+        _published(t, queue=row["label"], seconds=i, offset=i)
+        for i, (t, row) in enumerate(zip(tickets, rows, strict=True))
+    ]
+    old = [replace(d, ticket_id=f"OLD{i}", fields=None) for i, d in enumerate(decisions[:20])]
+    store = tmp_path / "decisions.sqlite3"
+    log = DecisionLog(store, durable=False)
+    log.open()
+    try:
+        log.add_decisions([*old, *decisions], {("tickets.routed", 0): len(decisions)}, now=0.0)
+        settled = [*zip(old, truth, strict=False), *zip(decisions, truth, strict=True)]
+        log.add_feedback(
+            [
+                Feedback(
+                    ticket_id=d.ticket_id,
+                    final_queue=queue,
+                    outcome=FeedbackOutcome.RESOLVED,
+                    occurred_at=T0 + timedelta(minutes=5, seconds=n),
+                )
+                for n, (d, queue) in enumerate(settled)
+            ],
+            now=1.0,
+        )
+        feedback = list(log.labeled_tickets())
+    finally:
+        log.close()
+    outcome = retrain(
+        RetrainRequest(
+            registry_dir=registry.root,
+            taxonomy_labels=FIELDS_QUEUES,
+            work_dir=tmp_path / "work",
+            recipe=RETRAIN_RECIPE,
+            holdout=Holdout(share=0.25, min_rows=50),
+            engine=_engine(),
+            feedback_weight=4,
+        ),
+        feedback,
+    )
+    report = outcome.report
+    assert report.counts["feedback_tickets_without_fields"] == 20
+    assert report.counts["feedback_rows"] == 400
+    assert report.champion.rows == report.challenger.rows == 100
+    challenger_card = load_card(outcome.challenger_dir)
+    assert challenger_card.inputs == champion_card.inputs
+    written = [json.loads(x) for x in (outcome.run_dir / "data.jsonl").read_text().splitlines()]
+    from_feedback = [r for r in written if r["origin"] == "feedback"]
+    assert from_feedback and all(r["site"] and r["priority"] for r in from_feedback)
+    # The champion routes site-network to network; the challenger learned the move.
+    access = report.per_queue_changes["access"]
+    assert access["recall_challenger"] > access["recall_champion"]
+    assert report.challenger.accuracy >= report.champion.accuracy + 0.1
+    assert report.decision.promote and report.promoted_version == outcome.version
+    assert registry.current_name() == outcome.version
