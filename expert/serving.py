@@ -29,7 +29,8 @@ class Prediction:
 
     Attributes:
         label: always one of the card's labels.
-        confidence: probability of `label`, normalised over the labels.
+        confidence: what the thresholds read: the card's routing score (the probability
+            that `label` is right, `expert.routing_score`), else `label`'s probability.
         probabilities: every label -> probability; sums to 1.
         latency_s: submit -> answer, seconds.
         neural_probabilities: the neural model's own probabilities when the served answer

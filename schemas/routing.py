@@ -88,7 +88,10 @@ class RoutingDecision(BaseModel):
     Attributes:
         queue: the most probable queue (always a taxonomy queue name); for a ticket that
             missed its deadline, None.
-        confidence: probability of `queue`, normalised over the taxonomy's labels.
+        confidence: what the triage thresholds read: the probability that `queue` is
+            right, from the expert's routing score when its card has one (it weighs the
+            similar past tickets too, so it can differ from `probabilities[queue]`), else
+            the probability of `queue`.
         probabilities: probability of every queue; sums to 1.
         model_id: the expert's identifier (model card name + hash).
         adapter_id: the LoRA adapter that answered, if any.

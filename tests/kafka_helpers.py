@@ -1,9 +1,10 @@
 """Plain confluent-kafka clients for tests: produce inputs, read outputs back.
 
 `OutputReader.read_to_end` is a read-to-end barrier: a marker record at the end of every
-partition read, then read until each marker arrives (a partition is read in order). It
-replaces "read for a few more seconds" (slower, and still a guess). Tansu's ListOffsets is
-wrong for batched records, so end offsets are never asked of the broker.
+partition read, then read until each marker arrives (a partition is read in order). Markers,
+this reader's or another's on the same topics, never enter `records`. It replaces "read for a
+few more seconds" (slower, and still a guess). Tansu's ListOffsets is wrong for batched
+records, so end offsets are never asked of the broker.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class OutputReader:
 
     def __init__(self, bootstrap: str, topics: list[str], *, committed_only: bool = True) -> None:
         self.records: list[OutRecord] = []
+        # Barrier markers seen (topic, partition, token): any reader's, never in `records`
+        # (another reader of the same topics writes its own).
+        self._markers: set[tuple[str, int, bytes]] = set()
         self._bootstrap = bootstrap
         self._consumer = Consumer(
             {
@@ -93,17 +97,22 @@ class OutputReader:
         deadline = time.monotonic() + timeout_s
         while not done(self.records) and time.monotonic() < deadline:
             for m in self._consumer.consume(num_messages=500, timeout=0.2):
-                if m.error() is None:
-                    self.records.append(
-                        OutRecord(
-                            topic=m.topic(),
-                            partition=m.partition(),
-                            offset=m.offset(),
-                            key=m.key(),
-                            value=m.value() or b"",
-                            headers={k: v or b"" for k, v in (m.headers() or [])},
-                        )
+                if m.error() is not None:
+                    continue
+                headers = {k: v or b"" for k, v in (m.headers() or [])}
+                if MARKER_HEADER in headers:
+                    self._markers.add((m.topic(), m.partition(), headers[MARKER_HEADER]))
+                    continue
+                self.records.append(
+                    OutRecord(
+                        topic=m.topic(),
+                        partition=m.partition(),
+                        offset=m.offset(),
+                        key=m.key(),
+                        value=m.value() or b"",
+                        headers=headers,
                     )
+                )
         return self.records
 
     def read_to_end(self, *, timeout_s: float = 120) -> list[OutRecord]:
@@ -114,13 +123,12 @@ class OutputReader:
             producer.produce(t, value=b"", partition=p, headers=[(MARKER_HEADER, token)])
         assert producer.flush(30) == 0
 
-        def all_markers(rs: list[OutRecord]) -> bool:
-            seen = {(r.topic, r.partition) for r in rs if r.headers.get(MARKER_HEADER) == token}
+        def all_markers(_records: list[OutRecord]) -> bool:
+            seen = {(t, p) for t, p, marker in self._markers if marker == token}
             return seen == set(self.partitions)
 
         self.read_until(all_markers, timeout_s=timeout_s)
         assert all_markers(self.records), "read barrier markers did not all arrive"
-        self.records = [r for r in self.records if MARKER_HEADER not in r.headers]
         return self.records
 
     def close(self) -> None:

@@ -57,7 +57,9 @@ async def test_triage_records_carry_suggestions_and_similar_tickets(
         decision = record.decision
         assert len(decision.suggestions) == 3
         assert decision.suggestions[0].queue == decision.queue
-        assert decision.suggestions[0].probability == pytest.approx(decision.confidence)
+        assert decision.suggestions[0].probability == pytest.approx(
+            decision.probabilities[decision.queue]
+        )
     for record in triaged:
         similar = record.decision.similar_tickets
         assert 0 < len(similar) <= card.similar.k
