@@ -250,6 +250,7 @@ def _print_build(console: object, report: object) -> None:
         f"{threshold} (routes {routing.validation_coverage:.1%} of validation tickets)"
     )
     console.print(_routing_summary(routing))
+    console.print(_score_summary(card))
     if (similar := card.similar) is not None:
         hit = "-" if similar.validation_hit_rate is None else f"{similar.validation_hit_rate:.1%}"
         console.print(
@@ -419,11 +420,18 @@ def calibrate_command(
         raise typer.Exit(2) from exc
     assert card.routing is not None
     console.print(_routing_summary(card.routing))
+    console.print(_score_summary(card))
+
+
+def _score_summary(card: object) -> str:
+    from expert.card import ExpertCard
+
+    assert isinstance(card, ExpertCard)
     score = card.routing_score
-    console.print(
-        "the thresholds read the answered queue's probability"
-        if score is None
-        else f"the thresholds read a routing score fitted on {score.validation_examples} "
+    if score is None:
+        return "the thresholds read the answered queue's probability"
+    return (
+        f"the thresholds read a routing score fitted on {score.validation_examples} "
         f"validation tickets ({len(score.features)} features, {score.neighbours} similar "
         f"tickets; cross-fitted in {score.folds} folds)"
     )
