@@ -209,10 +209,15 @@ class _Loaded:
         configured = self.config.similar_tickets
         return self.card.similar.k if configured is None else configured
 
+    @property
+    def wants_index(self) -> bool:
+        """Whether the similar-ticket index is served: for the triage record's similar
+        tickets, or for the neighbours the routing score reads."""
+        return bool(self.similar_k or self.score_neighbours)
+
     def _read_lexical(self) -> LexicalModel | None:
         # The similar-ticket index compares the lexical model's vectors.
-        wants_index = self.similar_k or self.score_neighbours
-        if not self.fuses_lexical and not (wants_index and has_lexical(self.expert_dir)):
+        if not self.fuses_lexical and not (self.wants_index and has_lexical(self.expert_dir)):
             if self.score_neighbours:
                 raise ExpertLoadError(
                     f"{self.expert_dir}: its routing score reads similar tickets, "
@@ -237,8 +242,7 @@ class _Loaded:
                 f"{self.expert_dir}: its routing score reads similar tickets, "
                 "but the folder has no similar-ticket index"
             )
-        wants_index = self.similar_k or self.score_neighbours
-        if not wants_index or self.lexical is None or not has_similar(self.expert_dir):
+        if not self.wants_index or self.lexical is None or not has_similar(self.expert_dir):
             return None
         try:
             index = SimilarTicketIndex.load(similar_dir(self.expert_dir))
