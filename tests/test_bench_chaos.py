@@ -287,7 +287,10 @@ def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKi
     group, inbound, n = f"chaos-core-{uuid.uuid4().hex[:10]}", tax.topics.inbound, 2_000
     positions = produce_tracked(bootstrap, inbound, _stream(n), keys=_keys(n))
     ends = partition_ends(positions)
-    env = worker_env(bootstrap, tax_path(tmp), model_dir, group)
+    # The production layout: the engine core drives a model process of its own.
+    env = worker_env(
+        bootstrap, tax_path(tmp), model_dir, group, ROUTER_ENGINE__MODEL_IN_ENGINE_CORE="false"
+    )
     out = OutputLog(bootstrap, output_topics(tax))
     first = WorkerProcess(env, tmp / "first.log")
     workers = [first]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,38 @@ def test_probe_measures_both_formats() -> None:
     result = hardware.probe(seconds_per_format=0.02)
     assert result.float32_gflops > 0
     assert result.bfloat16_gflops > 0
+
+
+@pytest.mark.parametrize(
+    ("in_process", "model_in_engine_core", "expected"),
+    [(True, False, "0"), (False, True, "0"), (False, False, "1")],
+)
+def test_each_engine_sets_which_process_runs_its_model(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    in_process: bool,
+    model_in_engine_core: bool,
+    expected: str,
+) -> None:
+    """Set, never inherited: an offline engine started earlier (which sets "0") must not
+    move a later streaming engine's model into the engine core."""
+    from expert.engine import _set_env_defaults
+
+    # Undone after the test: the rest of the session keeps its own engine settings.
+    for name in (
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_CACHE_ROOT",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "VLLM_RPC_BASE_PATH",
+        "VLLM_NO_USAGE_STATS",
+        "OMP_NUM_THREADS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1" if expected == "0" else "0")
+    config = EngineConfig(
+        model_dir=Path("x"), cache_dir=tmp_path, model_in_engine_core=model_in_engine_core
+    )
+    placement = engine_placement(config, streaming=not in_process)
+    _set_env_defaults(config, placement, in_process=in_process)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == expected

@@ -376,6 +376,8 @@ def hostile_run(
     near = near_limit_cases()
     try:
         worker.wait_for_event("partitions_assigned")
+        # `worker_env` runs the model inside the engine core: no model process of its own.
+        assert worker.engine_core() is not None and worker.model_process() is None
 
         def alive_and_sampled() -> None:
             if not worker.is_alive():

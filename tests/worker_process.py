@@ -96,9 +96,14 @@ def worker_env(
     tmp: Path | None = None,
     **overrides: str,
 ) -> dict[str, str]:
-    """The environment of a worker child: settings as `ROUTER_*` variables, JSON logs."""
+    """The environment of a worker child: settings as `ROUTER_*` variables, JSON logs.
+
+    The model runs in vLLM's engine-core process (one torch + vLLM import fewer per boot);
+    tests of the production layout pass `ROUTER_ENGINE__MODEL_IN_ENGINE_CORE="false"`.
+    """
     return {
         **os.environ,
+        "ROUTER_ENGINE__MODEL_IN_ENGINE_CORE": "true",
         "PYTHONPATH": str(REPO),
         "ROUTER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "ROUTER_KAFKA__GROUP_ID": group,
@@ -223,6 +228,17 @@ class WorkerProcess:
         for p in psutil.Process(self.proc.pid).children(recursive=True):
             try:
                 if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                    return p
+            except psutil.Error:
+                continue
+        return None
+
+    def model_process(self) -> psutil.Process | None:
+        """vLLM's model process (`VLLM::Worker`), which the production layout starts beside
+        the engine core; None when the model runs inside the engine core."""
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if p.name().startswith("VLLM::Worker"):
                     return p
             except psutil.Error:
                 continue
