@@ -49,6 +49,10 @@ class BenchResult:
     # The engine's number format, threads and the processor kind: figures compare only
     # with figures from the same kind of processor.
     hardware: dict[str, object] = field(default_factory=dict)
+    # Seconds from creating the bare engine to its first answer (imports included), and
+    # where its model ran (`EngineConfig.model_in_engine_core`).
+    engine_start_s: float = 0.0
+    model_in_engine_core: bool = False
 
 
 class CpuMeter:
@@ -129,11 +133,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 async def _bare_engine(
     settings: Settings, texts: list[str], meter: CpuMeter, hardware: dict[str, object]
-) -> float:
+) -> tuple[float, float]:
+    """Tickets/s of the bare engine, and the seconds its start took."""
+    started = time.perf_counter()
     from expert.engine import StreamingExpert
 
     engine = StreamingExpert(settings.engine)
     await engine.start()
+    start_s = time.perf_counter() - started
     hardware.update(engine.placement.as_dict())
     try:
         sem = asyncio.Semaphore(settings.max_in_flight)
@@ -148,7 +155,7 @@ async def _bare_engine(
         await asyncio.gather(*(one(t) for t in texts))
         elapsed = time.perf_counter() - start
         meter.stop()
-        return len(texts) / elapsed
+        return len(texts) / elapsed, start_s
     finally:
         await engine.shutdown()
 
@@ -306,7 +313,7 @@ async def _bench(
     texts = [Ticket.model_validate_json(p).text() for p in payloads]
     engine_cpu, worker_cpu = CpuMeter(), CpuMeter()
     hardware: dict[str, object] = {}
-    engine_tps = await _bare_engine(settings, texts, engine_cpu, hardware)
+    engine_tps, engine_start_s = await _bare_engine(settings, texts, engine_cpu, hardware)
     cpu = hardware.get("cpu")
     console.print(
         f"engine: dtype {hardware.get('dtype')}, {hardware.get('threads')} model thread(s), "
@@ -329,6 +336,8 @@ async def _bench(
             "worker": worker_cpu.per_ticket_ms(n),
         },
         hardware=hardware,
+        engine_start_s=engine_start_s,
+        model_in_engine_core=settings.engine.model_in_engine_core,
     )
 
 
@@ -342,6 +351,7 @@ def run_bench(
     bootstrap: str | None = None,
     exactly_once: bool = False,
     dtype: str = "auto",
+    model_in_engine_core: bool = False,
 ) -> int:
     """Run the benchmark and print its figures; returns the process exit code."""
     from worker.logs import configure_logging
@@ -375,7 +385,11 @@ def run_bench(
                 "exactly_once": exactly_once,
                 "transactional_id": f"bench-{unique}",
             },
-            engine={"model_dir": model_dir, "dtype": dtype},
+            engine={
+                "model_dir": model_dir,
+                "dtype": dtype,
+                "model_in_engine_core": model_in_engine_core,
+            },
             taxonomy_path=tax_path,
             metrics={"enabled": False},
             routing={"deadline_s": 120},
@@ -406,6 +420,9 @@ def _print(result: BenchResult) -> None:
         f"{result.hardware.get('dtype')} / {result.hardware.get('threads')}",
     )
     t.add_row("processor", str(cpu.get("kind") if isinstance(cpu, dict) else "?"))
+    where = "in the engine core" if result.model_in_engine_core else "a process of its own"
+    t.add_row("the engine's model runs", where)
+    t.add_row("bare engine start (imports to first answer), s", f"{result.engine_start_s:.1f}")
     console.print(t)
     ct = Table(title="CPU milliseconds per ticket, by process (throughput runs)")
     ct.add_column("process")
@@ -446,10 +463,13 @@ def bench_worker(
     out: Path | None = None,
     exactly_once: bool = False,
     dtype: str = "auto",
+    model_in_engine_core: bool = False,
 ) -> None:
     """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates.
 
-    --dtype forces the engine's number format (auto, bfloat16, float32) to compare both.
+    --dtype forces the engine's number format (auto, bfloat16, float32) to compare both;
+    --model-in-engine-core runs the model inside vLLM's engine-core process (one process
+    fewer) to compare with the default layout.
     """
     import typer
 
@@ -466,5 +486,6 @@ def bench_worker(
             exactly_once=exactly_once,
             bootstrap=bootstrap,
             dtype=dtype,
+            model_in_engine_core=model_in_engine_core,
         )
     )

@@ -12,6 +12,7 @@ part started there anyway fail the run.
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,11 @@ from worker import logs
 from worker.broker import EmbeddedBroker, free_port
 
 logs.CACHE_LOGGERS = False
+# Every worker the suite starts (in-process, or a child: the benches' and scenarios' workers
+# inherit this) runs its model inside vLLM's engine-core process: one torch + vLLM import
+# fewer per boot (~13 s of one core here). The tests of the production layout say "false"
+# themselves (the engine-core kill in tests/test_bench_chaos.py, `streaming_expert`).
+os.environ.setdefault("ROUTER_ENGINE__MODEL_IN_ENGINE_CORE", "true")
 
 pytest_plugins = ["tests.unit_only"]
 if importlib.util.find_spec("tests.expert_fixtures") is not None:

@@ -300,6 +300,7 @@ def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKi
             out.follow(lambda o: o.distinct() >= 300, timeout_s=300, tick=_alive(first))
             core = first.engine_core()
             assert core is not None, f"no EngineCore process among {first.group_members()}"
+            assert first.model_process() is not None, "the model runs in the engine core"
             core.kill()
             # Crash loudly (non-zero exit), or recover and route everything: not half alive.
             out.follow(lambda o: not first.is_alive() or o.distinct() >= n, timeout_s=180)

@@ -185,22 +185,13 @@ def test_killed_worker_restarts_without_losing_tickets_then_drains_on_sigterm(
     tmp_path: Path,
 ) -> None:
     group = f"g-{unique}"
-    # The production layout: the model in a process of its own beside the engine core.
-    env = _env(
-        bootstrap,
-        taxonomy_file,
-        tiny_expert_dir,
-        group,
-        tmp_path,
-        ROUTER_ENGINE__MODEL_IN_ENGINE_CORE="false",
-    )
+    env = _env(bootstrap, taxonomy_file, tiny_expert_dir, group, tmp_path)
     n = 400
     produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
     reader = OutputReader(bootstrap, _outputs(layout))
     first = WorkerProcess(env, tmp_path / "w1.log")
     try:
         first.wait_for_event("partitions_assigned")
-        assert first.engine_core() is not None and first.model_process() is not None
         reader.read_until(lambda rs: len(rs) >= 20, timeout_s=120)
         first.signal(signal.SIGKILL)
         assert first.wait() == -signal.SIGKILL
