@@ -20,12 +20,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import psutil
 import structlog
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from expert import quiet
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import Ticket
 from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
@@ -464,20 +467,20 @@ def bench_worker(
     exactly_once: bool = False,
     dtype: str = "auto",
     model_in_engine_core: bool = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=quiet.VERBOSE_HELP)] = False,
 ) -> None:
     """Bare-engine vs worker throughput, and end-to-end latency at fixed arrival rates.
 
     --dtype forces the engine's number format (auto, bfloat16, float32) to compare both;
     --model-in-engine-core runs the model inside vLLM's engine-core process (one process
-    fewer) to compare with the default layout.
+    fewer) to compare with the default layout. vLLM's own output goes to a log file under
+    .state/logs/ (the terminal with --verbose).
     """
-    import typer
-
     if dtype not in ("auto", "bfloat16", "float32"):
         raise typer.BadParameter("--dtype must be auto, bfloat16 or float32")
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
-    raise typer.Exit(
-        run_bench(
+    with quiet.library_output("bench-worker", verbose=verbose):
+        code = run_bench(
             model=model,
             tickets=tickets,
             rates=rate_list,
@@ -488,4 +491,4 @@ def bench_worker(
             dtype=dtype,
             model_in_engine_core=model_in_engine_core,
         )
-    )
+    raise typer.Exit(code)

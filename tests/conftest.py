@@ -26,8 +26,8 @@ from worker.broker import EmbeddedBroker, free_port
 logs.CACHE_LOGGERS = False
 # Every worker the suite starts (in-process, or a child: the benches' and scenarios' workers
 # inherit this) runs its model inside vLLM's engine-core process: one torch + vLLM import
-# fewer per boot (~13 s of one core here). The tests of the production layout say "false"
-# themselves (the engine-core kill in tests/test_bench_chaos.py, `streaming_expert`).
+# fewer per boot (~13 s of one core here). The test of the production layout says "false"
+# itself (the engine-core kill in tests/test_bench_chaos.py).
 os.environ.setdefault("ROUTER_ENGINE__MODEL_IN_ENGINE_CORE", "true")
 
 pytest_plugins = ["tests.unit_only"]

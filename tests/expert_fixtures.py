@@ -75,8 +75,8 @@ def tiny_engine_config(
     """A small-footprint engine config for tests.
 
     A streaming engine runs its model in the engine-core process: one torch + vLLM import
-    fewer per start. The session's `streaming_expert` keeps the production default (a model
-    process of its own), as do the worker tests that kill processes.
+    fewer per start. The production layout (a model process of its own) is tested where the
+    engine core is killed (tests/test_bench_chaos.py).
     """
     return EngineConfig(
         model_dir=model_dir,
@@ -233,9 +233,9 @@ def batch_expert(_batch_expert_engine: InProcessEngine) -> BatchExpert:
 
 @pytest.fixture(scope="session")
 async def streaming_expert(tiny_expert_dir: Path) -> AsyncIterator[StreamingExpert]:
-    """The tiny expert in vLLM's AsyncLLM laid out as in production: the engine core in a
-    child process, the model in a process of its own."""
-    expert = StreamingExpert(tiny_engine_config(tiny_expert_dir, model_in_engine_core=False))
+    """The tiny expert in vLLM's AsyncLLM (engine core in a child process, the model in it:
+    a separate model process would poll its queue for the whole session)."""
+    expert = StreamingExpert(tiny_engine_config(tiny_expert_dir))
     await expert.start()
     yield expert
     await expert.shutdown()
