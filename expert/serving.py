@@ -95,9 +95,9 @@ class EngineConfig(pydantic.BaseModel, frozen=True):
         model_in_engine_core: the streaming engine runs the model inside vLLM's engine-core
             process (vLLM's one-process executor) instead of a process of its own, which
             vLLM's CPU platform otherwise starts: one process and one torch + vLLM import
-            fewer per engine start, so the engine starts sooner, at fewer tickets/s on a CPU
-            (the engine core's scheduling no longer overlaps the model's work; README,
-            "Engine processes"). The offline batch engine always runs in-process.
+            fewer per engine start, and no idle model process polling its queue (figures in
+            the README's Configuration table). The offline batch engine always runs
+            in-process.
     """
 
     model_dir: Path = Path(".state/models/default-expert")
