@@ -98,12 +98,11 @@ def worker_env(
 ) -> dict[str, str]:
     """The environment of a worker child: settings as `ROUTER_*` variables, JSON logs.
 
-    The model runs in vLLM's engine-core process (one torch + vLLM import fewer per boot);
-    tests of the production layout pass `ROUTER_ENGINE__MODEL_IN_ENGINE_CORE="false"`.
+    The model runs in vLLM's engine-core process (tests/conftest.py sets it for the whole
+    suite); tests of the production layout pass `ROUTER_ENGINE__MODEL_IN_ENGINE_CORE="false"`.
     """
     return {
         **os.environ,
-        "ROUTER_ENGINE__MODEL_IN_ENGINE_CORE": "true",
         "PYTHONPATH": str(REPO),
         "ROUTER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "ROUTER_KAFKA__GROUP_ID": group,
@@ -223,26 +222,25 @@ class WorkerProcess:
                 continue
         return members
 
-    def engine_core(self) -> psutil.Process | None:
-        """vLLM's engine-core child process, found by its process title."""
+    def _child(self, is_it: Callable[[psutil.Process], bool]) -> psutil.Process | None:
         for p in psutil.Process(self.proc.pid).children(recursive=True):
             try:
-                if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                if is_it(p):
                     return p
             except psutil.Error:
                 continue
         return None
 
+    def engine_core(self) -> psutil.Process | None:
+        """vLLM's engine-core child process, found by its process title."""
+        return self._child(
+            lambda p: "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+        )
+
     def model_process(self) -> psutil.Process | None:
         """vLLM's model process (`VLLM::Worker`), which the production layout starts beside
         the engine core; None when the model runs inside the engine core."""
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                if p.name().startswith("VLLM::Worker"):
-                    return p
-            except psutil.Error:
-                continue
-        return None
+        return self._child(lambda p: p.name().startswith("VLLM::Worker"))
 
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
