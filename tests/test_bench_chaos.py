@@ -1,11 +1,13 @@
 """Chaos: the real worker (real vLLM, real Kafka clients) killed, starved and cut off.
 
-- 5,000 tickets replayed while the worker is SIGKILLed 5 times at seeded random moments
+- 3,000 tickets replayed while the worker is SIGKILLed 5 times at seeded random moments
   and restarted each time: at-least-once loses nothing (duplicates are counted and
   printed); exactly-once loses nothing and duplicates nothing among committed outputs
   (aborted outputs, visible on the embedded broker, are counted apart). Kill moments are
   counted in outputs written, committed or not: counted in committed outputs, every
   exactly-once kill would land just after a commit, never inside an open transaction.
+  The last at-least-once worker is then stopped as a rolling deploy stops it: SIGTERM
+  with a fresh batch in flight; it drains, exits 0 and commits only what it wrote.
 - vLLM's engine-core process killed mid-stream: the worker exits non-zero (or recovers) and
   never commits the offset of a ticket it did not route; a restart finishes the job.
 - The broker frozen (SIGSTOP) for 10 s, over three times the worker's 3 s session timeout:
@@ -69,8 +71,9 @@ from tests.worker_process import (
 from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
 
 PARTITIONS = 4
-TICKETS = 5_000
+TICKETS = 3_000
 KILLS = 5
+DRAIN = 300  # tickets produced for the last worker's SIGTERM drain (at least once)
 SEED = 20_261_127
 EXTERNAL = os.environ.get("CHAOS_BOOTSTRAP") or None
 REPLICATION_FACTOR = int(os.environ.get("CHAOS_REPLICATION_FACTOR", "1"))
@@ -145,6 +148,43 @@ def _finish(
     return final
 
 
+@dataclass
+class Drain:
+    """The last worker stopped by SIGTERM with tickets in flight (a rolling deploy)."""
+
+    exit_code: int
+    events: list[str]
+    written: int  # drain tickets with an output when the worker had exited
+    committed_without_output: list[tuple[str, int, int]]
+
+
+def _drain_on_sigterm(
+    bootstrap: str,
+    group: str,
+    inbound: str,
+    ends: dict[int, int],
+    out: OutputLog,
+    w: WorkerProcess,
+) -> tuple[dict[int, int], Drain, set[tuple[str, int, int]]]:
+    """Once the worker has committed everything, produce DRAIN more tickets, SIGTERM it once
+    some are written, let it drain and exit; every offset it committed must have an output.
+    Returns the offsets committed before the drain, the drain, the drain's inbound records."""
+    try:
+        final = wait_for_committed(bootstrap, group, inbound, ends, worker=w, timeout_s=300)
+        fresh = [ticket_payload(TICKETS + i) for i in range(DRAIN)]
+        refs = set(produce_tracked(bootstrap, inbound, fresh, keys=_keys(DRAIN)))
+        out.follow(lambda o: len(refs & sources(o.records)) >= 10, timeout_s=120, tick=_alive(w))
+        w.signal(signal.SIGTERM)
+        code = w.wait(timeout_s=120)
+    finally:
+        w.kill()
+    done = sources(out.read_to_end())
+    snap = committed_offsets(bootstrap, group, inbound, PARTITIONS)
+    missing = ungrounded({(inbound, p): o for p, o in snap.items()}, done)
+    drain = Drain(code, [str(e.get("event")) for e in w.events()], len(refs & done), missing)
+    return final, drain, refs
+
+
 def _progress(worker: WorkerProcess) -> str:
     """The worker's own view of its progress, from /metrics (for failure messages)."""
     names = (
@@ -175,6 +215,7 @@ class Replay:
     at_least_once: AtLeastOnceFigures | None = None
     exactly_once: ExactlyOnceFigures | None = None
     ungrounded_after_kill: list[str] = field(default_factory=list)
+    drain: Drain | None = None
 
 
 def _boot(worker: WorkerProcess, *, killed: bool) -> Boot | None:
@@ -187,7 +228,8 @@ def _boot(worker: WorkerProcess, *, killed: bool) -> Boot | None:
 
 def replay_with_kills(bootstrap: str, model_dir: Path, tmp: Path, *, exactly_once: bool) -> Replay:
     """Replay TICKETS tickets; SIGKILL the worker KILLS times at seeded moments, restarting
-    it each time; let the last worker finish; account for every inbound record.
+    it each time; let the last worker finish; account for every inbound record. At least
+    once, the last worker is then stopped by SIGTERM with DRAIN more tickets in flight.
 
     At least once, after each kill: every offset below a committed one has an output
     already. Exactly once: the same transactional id for every boot (each restart fences
@@ -236,17 +278,26 @@ def replay_with_kills(bootstrap: str, model_dir: Path, tmp: Path, *, exactly_onc
                 missing = ungrounded({(inbound, p): o for p, o in snap.items()}, done)
                 problems += [f"kill {k + 1}: {s} committed without output" for s in missing[:5]]
         workers.append(WorkerProcess(env, tmp / "final.log"))
+        drain: Drain | None = None
+        drained: set[tuple[str, int, int]] = set()
         if exactly_once:
             snapshots.append(snapshot_when_started(workers[-1]))
-        final = _finish(bootstrap, group, inbound, ends, workers[-1])
+            final = _finish(bootstrap, group, inbound, ends, workers[-1])
+        else:
+            final, drain, drained = _drain_on_sigterm(
+                bootstrap, group, inbound, ends, out, workers[-1]
+            )
         out.read_to_end()
         outputs = out.outputs()
     finally:
         out.close()
         progress.close()
-    result = Replay(points, ends, final, _boots_s(workers), ungrounded_after_kill=problems)
+    result = Replay(
+        points, ends, final, _boots_s(workers), ungrounded_after_kill=problems, drain=drain
+    )
     if not exactly_once:
-        result.at_least_once = account_at_least_once(positions, outputs)
+        replayed = [o for o in outputs if o.source not in drained]
+        result.at_least_once = account_at_least_once(positions, replayed)
         return result
     logs: dict[str, TxnLog] = {}
     for w in workers:
@@ -311,8 +362,9 @@ def engine_core_kill(bootstrap: str, model_dir: Path, tmp: Path) -> EngineCoreKi
         snapshot = committed_offsets(bootstrap, group, inbound, PARTITIONS)
         done = sources(out.read_to_end())
         missing = ungrounded({(inbound, p): o for p, o in snapshot.items()}, done)
-        if code is not None:
-            workers.append(WorkerProcess(env, tmp / "second.log"))
+        if code is not None:  # the second worker only finishes the job: the suite's layout
+            second_env = worker_env(bootstrap, tax_path(tmp), model_dir, group)
+            workers.append(WorkerProcess(second_env, tmp / "second.log"))
             _finish(bootstrap, group, inbound, ends, workers[-1])
         out.read_to_end()
         deadline_triage = sum(
@@ -345,7 +397,7 @@ def broker_freeze(model_dir: Path, tmp: Path, *, freeze_s: float = FREEZE_S) -> 
     try:
         bootstrap = broker.bootstrap
         tax = _layout(bootstrap, tmp, "chaos-freeze")
-        group, n = f"chaos-freeze-{uuid.uuid4().hex[:10]}", 2_000
+        group, n = f"chaos-freeze-{uuid.uuid4().hex[:10]}", 1_000
         positions = produce_tracked(bootstrap, tax.topics.inbound, _stream(n), keys=_keys(n))
         ends = partition_ends(positions)
         out = OutputLog(bootstrap, output_topics(tax))
@@ -455,16 +507,27 @@ def scenarios(
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
-def test_five_sigkills_during_replay_lose_nothing_at_least_once(scenarios: dict[str, Any]) -> None:
+def test_five_sigkills_during_replay_lose_nothing_at_least_once_then_sigterm_drains(
+    scenarios: dict[str, Any],
+) -> None:
     run: Replay = _result(scenarios["alo"])
-    figures = run.at_least_once
-    assert figures is not None
-    print(figures.summary(kills=KILLS), f"kill points {run.points}; {run.boots}")
+    figures, drain = run.at_least_once, run.drain
+    assert figures is not None and drain is not None
+    print(
+        figures.summary(kills=KILLS),
+        f"kill points {run.points}; {run.boots}; SIGTERM drain: exit {drain.exit_code}, "
+        f"{drain.written} of {DRAIN} fresh tickets written",
+    )
     assert run.ungrounded_after_kill == []
     assert figures.sent == TICKETS
     assert figures.lost == 0, f"lost {figures.lost_examples}"
     assert figures.unexpected == 0
     assert run.final == run.ends
+    # The drain: a clean exit, through the shutdown path, committing nothing unwritten.
+    assert drain.exit_code == 0
+    assert "shutdown_started" in drain.events and "shutdown_completed" in drain.events
+    assert drain.written >= 10
+    assert drain.committed_without_output == [], "offsets committed for tickets never routed"
 
 
 @pytest.mark.chaos

@@ -1,8 +1,9 @@
 """A quiet CLI: engine and library output goes to .state/logs/, the command's lines stay.
 
-First the diversion itself, in this process (what a library logs, warns or prints, what C
-code writes to fd 2, what a child process prints), then `route` run as a user runs it: a
-real vLLM start on the tiny expert, quiet and with --verbose.
+The diversion itself, in this process: what a library logs, warns or prints, what C code
+writes to fd 2, what a child process prints. `route` run as a user runs it (a real vLLM
+start, quiet and with --verbose) is in tests/test_worker_route.py, whose child-process runs
+it shares.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from expert import quiet
-from tests.expert_fixtures import VLLM_CACHE
 
-REPO = Path(__file__).resolve().parents[1]
 TRUNCATION = (
     "Token indices sequence length is longer than the specified maximum sequence length "
     "for this model (700 > 512). Running this sequence through the model will result in "
@@ -125,50 +124,3 @@ def test_a_command_without_library_output_leaves_no_log(
         print("just ours")
     assert not list(tmp_path.iterdir())
     assert "engine and library output" not in capfd.readouterr().err
-
-
-def _route(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
-        [sys.executable, "-m", "ticket_router", "route", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "ROUTER_ENGINE__CACHE_DIR": str(VLLM_CACHE),
-        },
-        timeout=600,
-        check=False,
-    )
-
-
-VLLM_LINE = "Initializing a V1 LLM engine"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # the session's tiny expert, then two engine starts, on a busy machine
-def test_route_shows_its_decision_and_keeps_vllm_in_the_log(
-    tiny_expert_dir: Path, tmp_path: Path
-) -> None:
-    result = _route("--model", str(tiny_expert_dir), "VPN drops\nerror 809", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    terminal = result.stdout.splitlines() + result.stderr.splitlines()
-    assert "expert      tiny-expert, adapter none" in result.stdout
-    assert "started in" in result.stderr
-    for line in terminal:
-        assert not line.startswith(("INFO", "WARNING", "(MainProcess", "(EngineCore")), line
-        assert "LOAD REPORT" not in line and "Loading safetensors" not in line, line
-        assert VLLM_LINE not in line, line
-    logs = list((tmp_path / ".state" / "logs").glob("route-*.log"))
-    assert len(logs) == 1
-    last = result.stderr.splitlines()[-1]
-    assert last == f"engine and library output: .state/logs/{logs[0].name}"
-    assert VLLM_LINE in logs[0].read_text()
-    assert len(terminal) < 15, terminal
-
-    verbose = _route("--verbose", "--model", str(tiny_expert_dir), "VPN drops", cwd=tmp_path)
-    assert verbose.returncode == 0, verbose.stderr[-2000:]
-    assert VLLM_LINE in verbose.stderr
-    assert "expert      tiny-expert, adapter none" in verbose.stdout
-    assert len(list((tmp_path / ".state" / "logs").glob("route-*.log"))) == 1

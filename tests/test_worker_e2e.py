@@ -1,7 +1,8 @@
 """The worker end to end: real broker, real vLLM serving the tiny expert, real Kafka clients.
 
 Every inbound record must be accounted for on the output topics (routed, triage or
-dead-letter), through kills, restarts, two workers in a group and a drain on SIGTERM.
+dead-letter), with two workers in a group and in exactly-once mode. Kills, restarts and the
+SIGTERM drain are the chaos scenarios' (tests/test_bench_chaos.py).
 
 The in-process workers of the tiny expert serve the session's streaming engine instead of
 starting one each; the worker processes below start theirs, through the same runner.
@@ -174,51 +175,6 @@ async def test_worker_routes_with_a_fused_expert_at_its_cards_threshold(
         own = card.routing.queue_thresholds.get(routed.decision.queue or "", expected)
         low = routed.decision.confidence < own
         assert (r.topic == layout.topics.triage) == low
-
-
-def test_killed_worker_restarts_without_losing_tickets_then_drains_on_sigterm(
-    bootstrap: str,
-    taxonomy_file: Path,
-    layout: Taxonomy,
-    tiny_expert_dir: Path,
-    unique: str,
-    tmp_path: Path,
-) -> None:
-    group = f"g-{unique}"
-    env = _env(bootstrap, taxonomy_file, tiny_expert_dir, group, tmp_path)
-    n = 400
-    produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)])
-    reader = OutputReader(bootstrap, _outputs(layout))
-    first = WorkerProcess(env, tmp_path / "w1.log")
-    try:
-        first.wait_for_event("partitions_assigned")
-        reader.read_until(lambda rs: len(rs) >= 20, timeout_s=120)
-        first.signal(signal.SIGKILL)
-        assert first.wait() == -signal.SIGKILL
-    finally:
-        first.kill()
-    second = WorkerProcess(env, tmp_path / "w2.log")
-    try:
-        out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=240)
-        assert len(_sources(out)) == n, "a ticket was lost across the kill"
-        # Drain: more tickets, SIGTERM while they are in flight, clean exit, all committed.
-        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n, n + 300)])
-        reader.read_until(lambda rs: len(_sources(rs)) >= n + 10, timeout_s=120)
-        second.signal(signal.SIGTERM)
-        assert second.wait(timeout_s=120) == 0
-        events = [e["event"] for e in second.events()]
-        assert "shutdown_started" in events and "shutdown_completed" in events
-    finally:
-        second.kill()
-    out = reader.read_to_end()  # every output the drain wrote
-    reader.close()
-    done = _sources(out)
-    commits = committed(bootstrap, group, layout.topics.inbound, PARTITIONS)
-    # Every committed offset has an output: nothing was committed that was not written.
-    for p, next_offset in commits.items():
-        assert all((layout.topics.inbound, p, o) in done for o in range(next_offset))
-    duplicates = len(out) - len(done)
-    print(f"kill/restart: {n} tickets, {duplicates} duplicate outputs (at-least-once)")
 
 
 def test_two_workers_share_partitions_and_route_everything(

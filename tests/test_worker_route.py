@@ -29,6 +29,7 @@ from loadgen.itsm_formats import PayloadFormat, encode, ticket_id
 from schemas.parse import TicketParseError, parse_ticket
 from schemas.taxonomy import Taxonomy
 from schemas.ticket import Ticket
+from tests.expert_fixtures import VLLM_CACHE
 from worker.route import (
     DEAD_LETTER,
     ExpertVersion,
@@ -67,17 +68,26 @@ def _payloads(n: int) -> list[bytes]:
 
 
 def _cli(
-    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[bytes]:
+    """`ticket-router route ARGS` as a user runs it, from `cwd` (its .state/ goes there)."""
     return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
         [sys.executable, "-m", "ticket_router", "route", *args],
         input=stdin,
         capture_output=True,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "ROUTER_ENGINE__CACHE_DIR": str(VLLM_CACHE),
+            **(env or {}),
+        },
         timeout=240,
         check=False,
     )
+
+
+VLLM_LINE = "Initializing a V1 LLM engine"
 
 
 class StubEngine:
@@ -236,14 +246,20 @@ def registry_v1(tiny_expert_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the commands below are run from: their .state/logs/ is theirs alone."""
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture(scope="module")
 def text_with_model_over_registry(
-    tiny_expert_dir: Path, registry_v1: Path
+    tiny_expert_dir: Path, registry_v1: Path, user_dir: Path
 ) -> subprocess.CompletedProcess[bytes]:
     """`route --model DIR TEXT` where a registry is configured too: one engine start for the
-    two tests below (what it prints, and that --model wins over the registry)."""
+    tests below (what it prints, that it is quiet, that --model wins over the registry)."""
     return _cli(
         "--model", str(tiny_expert_dir), "VPN drops every 10 minutes\nerror 809",
-        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)},
+        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)}, cwd=user_dir,
     )  # fmt: skip
 
 
@@ -260,20 +276,44 @@ def test_route_text_prints_queue_top_three_decision_and_expert(
 
 
 @pytest.mark.integration  # the command as a child process
+def test_route_shows_its_decision_and_keeps_vllm_in_the_log(
+    text_with_model_over_registry: subprocess.CompletedProcess[bytes], user_dir: Path
+) -> None:
+    """Quiet by default: the command's own lines on the terminal, vLLM's in a log file."""
+    result = text_with_model_over_registry
+    stdout, stderr = result.stdout.decode(), result.stderr.decode()
+    terminal = stdout.splitlines() + stderr.splitlines()
+    for line in terminal:
+        assert not line.startswith(("INFO", "WARNING", "(MainProcess", "(EngineCore")), line
+        assert "LOAD REPORT" not in line and "Loading safetensors" not in line, line
+        assert VLLM_LINE not in line, line
+    logs = list((user_dir / ".state" / "logs").glob("route-*.log"))
+    assert len(logs) == 1, logs
+    assert stderr.splitlines()[-1] == f"engine and library output: .state/logs/{logs[0].name}"
+    assert VLLM_LINE in logs[0].read_text()
+    assert len(terminal) < 15, terminal
+
+
+@pytest.mark.integration  # the command as a child process
 def test_route_serves_the_registrys_current_version_as_the_worker_does(
     registry_v1: Path,
     text_with_model_over_registry: subprocess.CompletedProcess[bytes],
+    user_dir: Path,
     tmp_path: Path,
 ) -> None:
     empty = _cli("VPN drops", env={"ROUTER_ENGINE__REGISTRY_DIR": str(tmp_path)})
     assert empty.returncode == 4
     assert "has no current version yet" in empty.stderr.decode()
+    logs_before = sorted((user_dir / ".state" / "logs").glob("*.log"))
+    # With --verbose (same engine start): vLLM's output on the terminal, no log file.
     result = _cli(
-        "VPN drops every 10 minutes\nerror 809",
-        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)},
-    )
+        "--verbose", "VPN drops every 10 minutes\nerror 809",
+        env={"ROUTER_ENGINE__REGISTRY_DIR": str(registry_v1)}, cwd=user_dir,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "expert      tiny-expert@v1, adapter none" in result.stdout.decode()
+    assert VLLM_LINE in result.stderr.decode()
+    assert sorted((user_dir / ".state" / "logs").glob("*.log")) == logs_before
     # --model wins over the configured registry.
     chosen = text_with_model_over_registry
     assert "expert      tiny-expert, adapter none" in chosen.stdout.decode()
