@@ -6,6 +6,10 @@ go through one worker (real broker, real vLLM). Every bad payload must reach the
 topic byte-exact (key too) with its reason header, every good one must be routed or
 triaged, the worker must keep running with a bounded RSS, and no ticket text can make the
 expert answer anything but a taxonomy label.
+
+The worker runs as a secured production worker would (tests/test_security.py): a SASL
+password configured, DEBUG logs, metrics on an address of its own. Through all this input,
+neither its logs nor /metrics show the password, and /metrics listens where configured only.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import json
 import random
 import signal
 import string
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from expert.serving import load_card
@@ -27,6 +33,13 @@ from schemas.parse import TicketParseError, parse_ticket
 from schemas.routing import Disposition, RoutedTicket
 from schemas.taxonomy import Taxonomy
 from tests.kafka_helpers import OutRecord
+from tests.test_security import (
+    MASK,
+    SASL_PASSWORD,
+    SECRET_WORKER_ENV,
+    connection_refused,
+    free_port_on,
+)
 from tests.worker_process import (
     REPO,
     OutputLog,
@@ -53,6 +66,7 @@ NEAR_LIMIT_BYTES = 1_040_000
 RSS_GROWTH_BOUND_BYTES = 256 * 2**20
 SAMPLES = REPO / "schemas" / "samples"
 REASON_HEADER = "router.dead-letter.reason"
+METRICS_HOST = "127.0.0.2"  # loopback, but not the default 127.0.0.1
 
 U = DeadLetterReason.UNDECODABLE
 F = DeadLetterReason.UNKNOWN_FORMAT
@@ -329,6 +343,34 @@ def test_fuzz_corpus_expectations_match_the_parser() -> None:
 
 
 @dataclass
+class MetricsSeen:
+    """The running worker's metrics endpoint, as a scraper and a port scan see it."""
+
+    port: int
+    started: dict[str, Any]  # the worker_started event
+    listening: set[str]  # addresses the worker listens on at the metrics port
+    body: str
+    refused_on_default_host: bool
+
+    @classmethod
+    def probe(cls, worker: WorkerProcess, port: int) -> MetricsSeen:
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(worker.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        url = f"http://{METRICS_HOST}:{port}/metrics"
+        body = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310
+        return cls(
+            port=port,
+            started=worker.wait_for_event("worker_started"),
+            listening=listening,
+            body=body,
+            refused_on_default_host=connection_refused("127.0.0.1", port),
+        )
+
+
+@dataclass
 class HostileRun:
     """What one worker made of the hostile stream, then of the near-limit records."""
 
@@ -341,6 +383,7 @@ class HostileRun:
     rss: RssSampler
     exit_code: int
     worker: WorkerProcess
+    metrics: MetricsSeen
 
     def by_source(self) -> dict[tuple[str, int, int], list[OutRecord]]:
         out: dict[tuple[str, int, int], list[OutRecord]] = {}
@@ -369,7 +412,16 @@ def hostile_run(
         keys=[c.key for c in cases],
         headers=[c.headers for c in cases],
     )
-    env = worker_env(broker.bootstrap, tmp / "taxonomy.yaml", tiny_expert_dir, f"g-{suffix}")
+    port = free_port_on(METRICS_HOST)
+    env = worker_env(
+        broker.bootstrap,
+        tmp / "taxonomy.yaml",
+        tiny_expert_dir,
+        f"g-{suffix}",
+        **SECRET_WORKER_ENV,
+        ROUTER_METRICS__HOST=METRICS_HOST,
+        ROUTER_METRICS__PORT=str(port),
+    )
     worker = WorkerProcess(env, tmp / "worker.log")
     out = OutputLog(broker.bootstrap, output_topics(tax))
     rss = RssSampler(worker)
@@ -378,6 +430,7 @@ def hostile_run(
         worker.wait_for_event("partitions_assigned")
         # `worker_env` runs the model inside the engine core: no model process of its own.
         assert worker.engine_core() is not None and worker.model_process() is None
+        metrics = MetricsSeen.probe(worker, port)
 
         def alive_and_sampled() -> None:
             if not worker.is_alive():
@@ -398,7 +451,9 @@ def hostile_run(
     finally:
         worker.kill()
         out.close()
-    return HostileRun(tax, cases, positions, near, near_positions, records, rss, code, worker)
+    return HostileRun(
+        tax, cases, positions, near, near_positions, records, rss, code, worker, metrics
+    )
 
 
 def _check(case: Case, outs: list[OutRecord], tax: Taxonomy) -> tuple[str, str | None]:
@@ -492,3 +547,19 @@ def test_prompt_injection_can_only_yield_a_taxonomy_label(hostile_run: HostileRu
         assert r.topic == ticket.topic == expected_topic
         seen += 1
     assert seen == len(INJECTIONS) + 3 + len(tax.labels)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_running_worker_never_shows_the_password_and_binds_metrics_where_configured(
+    hostile_run: HostileRun,
+) -> None:
+    seen = hostile_run.metrics
+    assert seen.started["settings"]["kafka"]["sasl_password"] == MASK
+    assert seen.started["metrics_port"] == seen.port
+    assert seen.listening == {METRICS_HOST}
+    assert "router_" in seen.body and SASL_PASSWORD not in seen.body
+    assert seen.refused_on_default_host
+    worker = hostile_run.worker
+    assert any(e.get("event") == "ticket_routed" for e in worker.events())  # DEBUG was on
+    assert SASL_PASSWORD not in worker.log_path.read_text(errors="replace")
