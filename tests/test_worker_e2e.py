@@ -4,15 +4,14 @@ Every inbound record must be accounted for on the output topics (routed, triage 
 dead-letter), with two workers in a group and in exactly-once mode. Kills, restarts and the
 SIGTERM drain are the chaos scenarios' (tests/test_bench_chaos.py).
 
-The in-process workers of the tiny expert serve the session's streaming engine instead of
-starting one each; the worker processes below start theirs, through the same runner.
+The workers run in this process (`started_worker`, the runner the command uses) and serve
+the session's streaming engine instead of starting one each; the worker as a process of its
+own, started, killed and restarted, is the chaos tests' and the hostile-input test's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,11 +22,9 @@ from expert.engine import StreamingExpert
 from schemas.routing import RoutedTicket
 from schemas.taxonomy import Taxonomy
 from tests.kafka_helpers import OutputReader, committed, produce
-from tests.worker_process import WorkerProcess
 from tests.worker_process import output_topics as _outputs
 from tests.worker_process import sources as _sources
 from tests.worker_process import ticket_payload as _ticket
-from tests.worker_process import worker_env as _env
 from worker import runner
 from worker.broker import TopicLayout, create_layout
 from worker.config import Settings
@@ -177,52 +174,67 @@ async def test_worker_routes_with_a_fused_expert_at_its_cards_threshold(
         assert (r.topic == layout.topics.triage) == low
 
 
-def test_two_workers_share_partitions_and_route_everything(
+async def test_two_workers_share_partitions_and_route_everything(
     bootstrap: str,
     taxonomy_file: Path,
     layout: Taxonomy,
     tiny_expert_dir: Path,
+    shared_engine: StreamingExpert,
     unique: str,
     tmp_path: Path,
 ) -> None:
-    env = _env(bootstrap, taxonomy_file, tiny_expert_dir, f"g-{unique}", tmp_path)
-    a = WorkerProcess(env, tmp_path / "a.log")
-    b = WorkerProcess(env, tmp_path / "b.log")
-    try:
-        a.wait_for_event("worker_started")
-        b.wait_for_event("worker_started")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (
-            a.metric("router_assigned_partitions") and b.metric("router_assigned_partitions")
-        ):
-            time.sleep(0.5)
-        assert (
-            a.metric("router_assigned_partitions") + b.metric("router_assigned_partitions")
-            == PARTITIONS
-        )
-        assert (
-            a.metric("router_assigned_partitions") >= 1
-            and b.metric("router_assigned_partitions") >= 1
-        )
-        n = 300
-        # Keyed, so the burst spreads over every partition (keyless messages produced
-        # within one linger go to one sticky partition, which may be one worker's only).
-        keys = [f"ticket-{i}".encode() for i in range(n)]
-        produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)], keys=keys)
-        reader = OutputReader(bootstrap, _outputs(layout))
-        out = reader.read_until(lambda rs: len(_sources(rs)) >= n, timeout_s=240)
-        reader.close()
-        assert len(_sources(out)) == n
-        consumed_a = a.metric("router_messages_consumed_total")
-        consumed_b = b.metric("router_messages_consumed_total")
-        assert consumed_a > 0 and consumed_b > 0 and consumed_a + consumed_b >= n
-        _prometheus_reads_what_the_workers_routed([a, b], n=n, tmp_path=tmp_path)
-        a.signal(signal.SIGTERM)
-        b.signal(signal.SIGTERM)
-        assert a.wait() == 0 and b.wait() == 0
-    finally:
-        a.kill()
-        b.kill()
+    """Two workers of one consumer group split the partitions, both route, nothing is
+    missing, and a real Prometheus reads both. They run in this process on the session's
+    engine: separate worker processes, each with its own engine, are the chaos tests'."""
+    settings = Settings(
+        kafka={"bootstrap_servers": bootstrap, "group_id": f"g-{unique}"},
+        engine={"model_dir": tiny_expert_dir, "cache_dir": REPO / ".state" / "vllm-cache"},
+        taxonomy_path=taxonomy_file,
+        metrics={"port": 0},
+        shutdown_grace_s=10,
+    )
+    registries = (CollectorRegistry(), CollectorRegistry())
+
+    def each(name: str) -> list[float]:
+        """Each worker's `name`, summed over its labels."""
+        return [
+            sum(s.value for m in r.collect() for s in m.samples if s.name == name)
+            for r in registries
+        ]
+
+    async with (
+        started_worker(settings, registry=registries[0]) as a,
+        started_worker(settings, registry=registries[1]) as b,
+    ):
+        runs = [asyncio.create_task(w.pipeline.run(w.source)) for w in (a, b)]
+        try:
+            for _ in range(120):  # the group's join and first rebalance, up to 60 s
+                if all(each("router_assigned_partitions")):
+                    break
+                await asyncio.sleep(0.5)
+            assigned = each("router_assigned_partitions")
+            assert sum(assigned) == PARTITIONS and min(assigned) >= 1, assigned
+            n = 300
+            # Keyed, so the burst spreads over every partition (keyless messages produced
+            # within one linger go to one sticky partition, which may be one worker's only).
+            keys = [f"ticket-{i}".encode() for i in range(n)]
+            produce(bootstrap, layout.topics.inbound, [_ticket(i) for i in range(n)], keys=keys)
+            reader = OutputReader(bootstrap, _outputs(layout))
+            out = await asyncio.to_thread(
+                reader.read_until, lambda rs: len(_sources(rs)) >= n, timeout_s=240
+            )
+            reader.close()
+            assert len(_sources(out)) == n
+            consumed = each("router_messages_consumed_total")
+            assert min(consumed) > 0 and sum(consumed) >= n, consumed
+            ports = [w.health_port for w in (a, b)]
+            await asyncio.to_thread(
+                _prometheus_reads_what_the_workers_routed, ports, n=n, tmp_path=tmp_path
+            )
+        finally:
+            for w in (a, b):
+                w.pipeline.stop()
+            await asyncio.gather(*runs)
 
 
 async def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
@@ -267,7 +279,7 @@ async def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(
 
 
 def _prometheus_reads_what_the_workers_routed(
-    workers: list[WorkerProcess], *, n: int, tmp_path: Path
+    metrics_ports: list[int | None], *, n: int, tmp_path: Path
 ) -> None:
     """A real Prometheus (deploy/prometheus config) scrapes the running workers; its HTTP API
     gives back every decided ticket: routed + triaged = n, summed over both workers."""
@@ -278,7 +290,7 @@ def _prometheus_reads_what_the_workers_routed(
         wait_for,
     )
 
-    targets = [f"127.0.0.1:{w.wait_for_event('worker_started')['metrics_port']}" for w in workers]
+    targets = [f"127.0.0.1:{port}" for port in metrics_ports]
     config = scrape_config_for(targets[0])
     config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
     workdir = tmp_path / "prometheus"
@@ -294,7 +306,7 @@ def _prometheus_reads_what_the_workers_routed(
         def decided() -> float | None:
             up = server.query('sum(up{job="ticket-router"})')
             result = server.query(expr)
-            if up and float(up[0]["value"][1]) == len(workers) and result:
+            if up and float(up[0]["value"][1]) == len(targets) and result:
                 value = float(result[0]["value"][1])
                 return value if value >= n else None
             return None
