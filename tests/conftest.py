@@ -65,14 +65,12 @@ LONGEST_FIRST = (
     "test_expert_calibrate.py",
     "test_expert_engine.py",
     "test_worker_route.py",
-    "test_expert_quiet.py",
     "test_hostile_input.py",
     "test_feedback_retrain.py",
     "test_worker_swap.py",
     "test_feedback_consumer.py",
     "test_worker_tail.py",
     "test_bench_slow_router.py",
-    "test_security.py",
 )
 
 

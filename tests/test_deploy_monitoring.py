@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from feedback.metrics import FeedbackMetrics
+from worker.broker import free_port
 from worker.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -408,12 +408,6 @@ def test_rollout_precision_is_confirmed_over_judged_per_queue_and_mode(tmp_path:
 
 
 # --- a real Prometheus -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> Any:

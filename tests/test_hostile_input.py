@@ -38,7 +38,6 @@ from tests.test_security import (
     SASL_PASSWORD,
     SECRET_WORKER_ENV,
     connection_refused,
-    free_port_on,
 )
 from tests.worker_process import (
     REPO,
@@ -51,7 +50,7 @@ from tests.worker_process import (
     unique_taxonomy,
     worker_env,
 )
-from worker.broker import EmbeddedBroker, TopicLayout, create_layout
+from worker.broker import EmbeddedBroker, TopicLayout, create_layout, free_port
 
 SEED = 6_2026
 BAD_PAYLOADS = 10_000
@@ -412,7 +411,7 @@ def hostile_run(
         keys=[c.key for c in cases],
         headers=[c.headers for c in cases],
     )
-    port = free_port_on(METRICS_HOST)
+    port = free_port(METRICS_HOST)
     env = worker_env(
         broker.bootstrap,
         tmp / "taxonomy.yaml",

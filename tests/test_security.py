@@ -143,12 +143,6 @@ def test_invalid_configuration_is_refused_without_showing_the_password() -> None
 # run's worker, which is configured with these secrets: tests/test_hostile_input.py.
 
 
-def free_port_on(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def connection_refused(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=5).close()
